@@ -1,0 +1,3 @@
+from covidmtl.cli import main
+
+raise SystemExit(main())

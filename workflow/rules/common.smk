@@ -1,0 +1,74 @@
+# Shared helpers for the rules: config validation, subject lists, parameter passing.
+import json
+import os
+import shlex
+import sys
+
+import pandas as pd
+from snakemake.utils import validate
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+
+envvars:
+    "PATH",
+
+
+# Rules call the `covidmtl` entry point installed next to the Python running Snakemake,
+# so `.venv/bin/snakemake` works without activating the environment.
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+
+RESULTS = "results"
+# Raw data (downloads, mirrors, the generated synthetic cohort) stays outside results/:
+# real DICOM headers carry identifiers that must never reach results/.
+RAW = "resources/raw"
+LOGS = f"{RESULTS}/logs"
+BENCH = f"{RESULTS}/benchmarks"
+
+
+wildcard_constraints:
+    dataset="[a-z0-9_]+",
+    subject="[A-Za-z0-9][A-Za-z0-9_-]*",
+
+
+def params_json(*keys):
+    """A config section as a shell-quoted JSON argument (rules re-run when it changes)."""
+    section = config
+    for key in keys:
+        section = section[key]
+    return shlex.quote(json.dumps(section, sort_keys=True))
+
+
+def synthetic_subject_ids():
+    from covidmtl.synthetic.cohort import subject_id
+
+    return [subject_id(i + 1) for i in range(config["synthetic"]["n_subjects"])]
+
+
+def dataset_subjects(dataset):
+    """Subjects of one dataset, read from its index (a checkpoint output), minus exclusions."""
+    index_path = checkpoints.dataset_index.get(dataset=dataset).output.index
+    subjects = pd.read_csv(index_path, usecols=["subject_id"], dtype=str).subject_id
+    return [s for s in subjects if s not in set(config["exclude_subjects"])]
+
+
+def per_subject(pattern):
+    """Expand a per-subject path pattern over every selected dataset and subject (input function)."""
+
+    def inputs(wildcards):
+        return [
+            pattern.format(dataset=dataset, subject=subject)
+            for dataset in config["datasets"]
+            for subject in dataset_subjects(dataset)
+        ]
+
+    return inputs
+
+
+def dataset_raw_inputs(wildcards):
+    """What a dataset's index depends on: the generated cohort, or the dataset's download."""
+    if wildcards.dataset == "synthetic":
+        return [rules.synthetic_clinical.output[0]] + expand(
+            rules.synthetic_subject.output[0], subject=synthetic_subject_ids()
+        )
+    raise ValueError(f"no raw-data rule for dataset {wildcards.dataset!r}")

@@ -36,9 +36,9 @@ def test_smoke_dag_runs_end_to_end(tmp_path):
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-8000:]
     results = workdir / "results"
     manifest = pd.read_csv(results / "curated" / "manifest.csv")
-    assert len(manifest) == 12 and set(manifest.source_format) == {"nifti", "dicom"}
+    assert len(manifest) == 16 and set(manifest.source_format) == {"nifti", "dicom"}
     table1 = pd.read_csv(results / "tables" / "table1.csv")
-    assert int(table1.loc[table1.characteristic == "Scans", "All"].iloc[0]) == 12
+    assert int(table1.loc[table1.characteristic == "Scans", "All"].iloc[0]) == 16
     # every job wrote a log and a benchmark
     assert any((results / "logs").rglob("*.log")) and any((results / "benchmarks").rglob("*.tsv"))
     # no DICOM identifiers reach results/

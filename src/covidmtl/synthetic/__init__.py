@@ -1,0 +1,1 @@
+"""Synthetic chest-CT cohort: the phantom image generator and the cohort writer."""

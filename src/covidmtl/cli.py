@@ -14,6 +14,7 @@ import sys
 from covidmtl.errors import PipelineInputError
 
 COMMANDS: dict[str, str] = {
+    "download": "covidmtl.download:main",
     "synth-clinical": "covidmtl.synthetic.cohort:clinical_main",
     "synth-subject": "covidmtl.synthetic.cohort:subject_main",
     "dataset-index": "covidmtl.datasets.index:main",
@@ -21,6 +22,9 @@ COMMANDS: dict[str, str] = {
     "manifest": "covidmtl.manifest:main",
     "split": "covidmtl.split:main",
     "table1": "covidmtl.cohort_table:main",
+    "deep-train": "covidmtl.deep.experiment:main",
+    "deep-report": "covidmtl.deep.report:main",
+    "deep-cam": "covidmtl.deep.cam:main",
 }
 
 

@@ -36,6 +36,26 @@ rule synthetic_subject:
         " --params {params.synthetic} --out-dir {output} > {log} 2>&1"
 
 
+rule download:
+    input:
+        registry=config["download"]["registry"],
+    output:
+        f"{RAW}/{{dataset}}/.complete",
+    params:
+        download=params_json("download"),
+        out_dir=lambda wildcards, output: os.path.dirname(output[0]),
+        mirror=lambda wildcards: f"--mirror {shlex.quote(config['mirror'])}" if config["mirror"] else "",
+    conda:
+        "../../envs/imaging.yaml"
+    log:
+        f"{LOGS}/download/{{dataset}}.log",
+    benchmark:
+        f"{BENCH}/download/{{dataset}}.tsv"
+    shell:
+        "covidmtl download --dataset {wildcards.dataset} --registry {input.registry} --out-dir {params.out_dir}"
+        " --params {params.download} {params.mirror} --no-progress > {log} 2>&1"
+
+
 checkpoint dataset_index:
     input:
         dataset_raw_inputs,

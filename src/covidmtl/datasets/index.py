@@ -12,6 +12,13 @@ log = logging.getLogger(__name__)
 # dataset name -> adapter module with build_index(raw_dir) -> DataFrame
 ADAPTERS = {
     "synthetic": "covidmtl.datasets.synthetic",
+    "covid_ct_md": "covidmtl.datasets.covid_ct_md",
+    "mosmed": "covidmtl.datasets.mosmed",
+    "covid19_ct_seg": "covidmtl.datasets.covid19_ct_seg",
+    "medseg": "covidmtl.datasets.medseg",
+    "ucsd_covid_ct": "covidmtl.datasets.ucsd_covid_ct",
+    "ictcf": "covidmtl.datasets.ictcf",
+    "cc_ccii": "covidmtl.datasets.cc_ccii",
 }
 
 

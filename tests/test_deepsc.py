@@ -1,0 +1,398 @@
+"""DeepSC-COVID: subnets, cross-stitch, evidence masks, surface metrics, patches, losses,
+staged training with resume, bad inputs, findings and report (tiny toy cohort)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from covidmtl.classical.metrics import read_predictions
+from covidmtl.deepsc.config import DeepSCConfig, knob_table
+from covidmtl.deepsc.data import (classification_input, equidistant_slices, extract_patches, patch_starts,
+                                  prepare_subjects, stitch_patches)
+from covidmtl.deepsc.experiment import main as train_main
+from covidmtl.deepsc.losses import DeepSCLoss, evidence_on_patch, roi_grid
+from covidmtl.deepsc.metrics import (classification_metrics, normalised_surface_dice, rms_surface_distance,
+                                     segmentation_metrics)
+from covidmtl.deepsc.networks import (ClassificationSubnet, CrossStitch, DeepSC, Inception3D, LesionSubnet,
+                                      PlainBlock, ResNet50Classifier, UNet3DSegmenter, normalise_evidence)
+from covidmtl.deepsc.toydata import write_toy_cohort
+from covidmtl.deepsc.variants import VARIANTS, build_model, get_variant, phases
+from covidmtl.errors import PipelineInputError
+
+torch.set_num_threads(1)  # tiny convolutions: one thread is fastest, and the test machine is shared
+
+TINY = {"width_multiplier": 0.125, "segmentation": {"patch_size": [8, 16, 16], "train_patches_per_subject": 1},
+        "classification": {"n_slices": 8, "slice_size": [16, 16]},
+        "preprocess": {"crop_to_lung": True, "cache_in_memory": True},
+        "train": {"pretrain_seg_epochs": 1, "pretrain_cls_epochs": 1, "finetune_epochs": 1, "batch_size": 2,
+                  "progress": False}}
+
+
+def tiny_cfg(**override) -> DeepSCConfig:
+    data = json.loads(json.dumps(TINY))
+    for k, v in override.items():
+        data[k] = {**data.get(k, {}), **v} if isinstance(v, dict) else v
+    return DeepSCConfig.from_dict(data)
+
+
+def train_args(cohort: Path, variant: str, out: Path, params: dict | None = None, *extra: str) -> list[str]:
+    return ["--variant", variant, "--manifest", str(cohort / "manifest.csv"), "--split", str(cohort / "split.csv"),
+            "--lungseg-dir", str(cohort / "lungseg"), "--params", json.dumps(params or TINY), "--out-dir", str(out),
+            "--threads", "1", *extra]
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    return write_toy_cohort(tmp_path_factory.mktemp("deepsc_cohort"), n_train=2, n_test=1)
+
+
+@pytest.fixture(scope="module")
+def runs(cohort, tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("deepsc_runs")
+    dirs = {}
+    for variant in ("deepsc", "seg_only", "cls_only"):
+        dirs[variant] = out / variant
+        assert train_main(train_args(cohort, variant, dirs[variant])) == 0
+    return dirs
+
+
+# ------------------------------------------------------------------ config
+
+
+def test_config_defaults_validation_and_knobs():
+    cfg = DeepSCConfig()
+    assert cfg.preprocess.hu_window == (-1400.0, 200.0)
+    assert cfg.segmentation.patch_size == (24, 256, 256)
+    assert cfg.classification.n_slices == 48
+    assert cfg.model.cls_channels == (64, 128, 256)
+    assert (cfg.train.pretrain_lr, cfg.train.finetune_lr) == (1e-3, 1e-4)
+    with pytest.raises(ValueError, match="unknown"):
+        DeepSCConfig.from_dict({"segmentation": {"patch": [8, 8, 8]}})
+    with pytest.raises(ValueError, match="multiple of 8"):
+        DeepSCConfig.from_dict({"segmentation": {"patch_size": [8, 20, 16]}})
+    names = {row["name"] for row in knob_table()}
+    assert {"deepsc.loss.lambda_ta", "deepsc.classification.n_slices", "deepsc.findings.peripheral_fraction"} <= names
+    assert all(row["description"] for row in knob_table())
+
+
+# ------------------------------------------------------------------ networks
+
+
+def test_shapes_through_every_subnet():
+    x = torch.rand(2, 1, 8, 16, 16)
+    assert Inception3D(1, 8, 4)(x).shape == (2, 8, 8, 16, 16)
+    assert PlainBlock(1, 8, 4)(x).shape == (2, 8, 8, 16, 16)
+    f = torch.rand(2, 8, 8, 16, 16)
+    out, inter = LesionSubnet(8, (4, 8, 8, 16), 4)(f)
+    assert out.shape == (2, 1, 8, 16, 16)
+    assert [tuple(s.shape[2:]) for s in inter] == [(1, 2, 2), (2, 4, 4), (4, 8, 8), (8, 16, 16)]
+    logits, maps = ClassificationSubnet(8, (8, 16, 32), 4)(f)
+    assert logits.shape == (2, 3)
+    assert [tuple(m.shape[1:]) for m in maps] == [(8, 4, 8, 8), (16, 2, 4, 4), (32, 1, 2, 2)]
+    cfg = tiny_cfg()
+    model = DeepSC(cfg)
+    out = model(seg_image=x, cls_image=torch.rand(2, 1, 8, 16, 16), mode="joint")
+    assert out["seg_logits"].shape == (2, 1, 8, 16, 16) and out["cls_logits"].shape == (2, 3)
+    assert DeepSC(cfg, ("seg",))(seg_image=x, mode="seg").keys() == {"seg_logits", "seg_intermediate"}
+    assert DeepSC(cfg, ("cls",))(cls_image=x, mode="cls").keys() == {"cls_logits", "cls_features"}
+    assert ResNet50Classifier(cfg)(cls_image=x)["cls_logits"].shape == (2, 3)
+    assert UNet3DSegmenter(cfg)(seg_image=x)["seg_logits"].shape == (2, 1, 8, 16, 16)
+
+
+def test_cross_stitch_identity_leaves_features_unchanged():
+    unit = CrossStitch(6, 6)
+    unit.set_alpha(torch.eye(2))
+    f_seg, f_cls = torch.rand(2, 6, 3, 4, 5), torch.rand(2, 6, 3, 4, 5)
+    assert torch.equal(unit.mix_for_seg(f_seg, f_cls), f_seg)
+    assert torch.equal(unit.mix_for_cls(f_seg, f_cls), f_cls)
+    # In the whole model: identity mixing makes the joint pass equal the single-task passes.
+    model = DeepSC(tiny_cfg()).eval()
+    model.cross_stitch.set_alpha(torch.eye(2))
+    x_seg, x_cls = torch.rand(1, 1, 8, 16, 16), torch.rand(1, 1, 8, 16, 16)
+    with torch.no_grad():
+        joint = model(seg_image=x_seg, cls_image=x_cls, mode="joint")
+        alone = model(seg_image=x_seg, cls_image=x_cls, mode="seg") | model(cls_image=x_cls, mode="cls")
+    assert torch.equal(joint["seg_logits"], alone["seg_logits"])
+    assert torch.equal(joint["cls_logits"], alone["cls_logits"])
+    # Without the unit (ablation) the matrix is the fixed identity, not a parameter.
+    ablated = build_model(get_variant("no_cross_stitch"), tiny_cfg())
+    assert torch.equal(ablated.cross_stitch.alpha, torch.eye(2))
+    assert "cross_stitch.alpha" not in dict(ablated.named_parameters())
+
+
+def test_evidence_masks_equal_hand_computation():
+    torch.manual_seed(0)
+    net = ClassificationSubnet(2, (2, 3, 4), 1)
+    with torch.no_grad():
+        net.fc.weight.copy_(torch.arange(27, dtype=torch.float32).reshape(3, 9) / 10 - 1)
+    maps = [torch.rand(2, c, 2, 2, 2) for c in (2, 3, 4)]
+    classes = torch.tensor([1, 2])
+    got = net.evidence_masks(maps, classes)
+    w = net.fc.weight.detach()
+    offsets = [0, 2, 5]
+    for layer, (fmap, off) in enumerate(zip(maps, offsets)):
+        for b, c in enumerate(classes.tolist()):
+            hand = torch.zeros(2, 2, 2)
+            for k in range(fmap.shape[1]):
+                hand += w[c, off + k] * fmap[b, k]
+            assert torch.allclose(got[layer][b, 0], hand, atol=1e-6)
+    v = torch.tensor([[[[[-1.0, 2.0], [4.0, 0.0]]]]])
+    assert torch.allclose(normalise_evidence(v), torch.tensor([[[[[0.0, 0.5], [1.0, 0.0]]]]]))
+
+
+# ------------------------------------------------------------------ preprocessing, patches, task-aware alignment
+
+
+@pytest.mark.parametrize("shape", [(13, 37, 50), (16, 32, 32), (5, 10, 12)])
+def test_patch_stitching_reproduces_the_volume(shape):
+    volume = np.random.default_rng(1).random(shape).astype(np.float32)
+    patches, starts = extract_patches(volume, (8, 16, 16))
+    assert patches.shape[1:] == (8, 16, 16)
+    assert len(starts) == len(patch_starts(shape, (8, 16, 16))) == len(patches)
+    assert np.array_equal(stitch_patches(patches, starts, shape), volume)
+
+
+def test_equidistant_slices_and_classification_input():
+    assert equidistant_slices(10, 5).tolist() == [1, 3, 5, 7, 9]
+    assert equidistant_slices(4, 8).tolist() == [0, 0, 1, 1, 2, 2, 3, 3]  # fewer slices than N: repeated
+    image = np.random.default_rng(0).random((30, 40, 50)).astype(np.float32)
+    x = classification_input(image, 8, (16, 20))
+    assert x.shape == (8, 16, 20) and x.dtype == np.float32
+
+
+def test_task_aware_sampling_is_aligned_with_the_volume():
+    evidence = torch.rand(1, 1, 4, 6, 8)
+    whole = torch.tensor([[-1.0, 1.0, -1.0, 1.0, -1.0, 1.0]])
+    assert torch.allclose(evidence_on_patch(evidence, whole, (4, 6, 8)), normalise_evidence(evidence), atol=1e-5)
+    # The first half along z of a 4-deep map: its first two slices.
+    half = torch.tensor([[-1.0, 0.0, -1.0, 1.0, -1.0, 1.0]])
+    assert torch.allclose(evidence_on_patch(evidence, half, (2, 6, 8)), normalise_evidence(evidence)[:, :, :2],
+                          atol=1e-5)
+    assert roi_grid(half, (2, 3, 4)).shape == (1, 2, 3, 4, 3)
+
+
+def test_segmentation_loss_skips_samples_without_mask():
+    cfg = tiny_cfg()
+    loss = DeepSCLoss(cfg)
+    torch.manual_seed(0)
+    logits, target = torch.randn(2, 1, 4, 4, 4), (torch.rand(2, 1, 4, 4, 4) > 0.7).float()
+    both = loss.segmentation(logits, target, torch.tensor([True, False]))
+    first = loss.segmentation(logits[:1], target[:1], torch.tensor([True]))
+    assert torch.allclose(both, first)
+
+
+# ------------------------------------------------------------------ metrics
+
+
+def _sphere(shape, spacing, radius_mm):
+    grids = np.meshgrid(*[(np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape, spacing)], indexing="ij")
+    return sum(g ** 2 for g in grids) <= radius_mm ** 2
+
+
+def test_surface_metrics_on_concentric_spheres():
+    spacing, shape = (1.0, 0.5, 0.5), (26, 48, 48)
+    inner, outer = _sphere(shape, spacing, 5.0), _sphere(shape, spacing, 8.0)
+    assert rms_surface_distance(inner, outer, spacing) == pytest.approx(3.0, abs=0.5)
+    assert normalised_surface_dice(inner, outer, spacing, 1.5) < 0.05
+    assert normalised_surface_dice(inner, outer, spacing, 4.5) > 0.99
+    m = segmentation_metrics(inner, outer, spacing, 1.0)
+    assert m["dsc"] == pytest.approx(2 * 5 ** 3 / (5 ** 3 + 8 ** 3), abs=0.03)
+    assert m["sensitivity"] == pytest.approx(5 ** 3 / 8 ** 3, abs=0.03) and m["specificity"] == 1.0
+    same = segmentation_metrics(outer, outer, spacing, 1.0)
+    assert (same["dsc"], same["nsd"], same["rms_ssd_mm"]) == (1.0, 1.0, 0.0)
+    empty = np.zeros(shape, bool)
+    assert segmentation_metrics(empty, empty, spacing, 1.0)["dsc"] == 1.0
+    assert np.isnan(segmentation_metrics(empty, outer, spacing, 1.0)["rms_ssd_mm"])
+
+
+def test_classification_metrics_macro_sensitivity_specificity():
+    y = np.array([0, 0, 1, 1, 2, 2])
+    prob = np.eye(3)[[0, 1, 1, 1, 2, 0]] * 0.8 + 0.2 / 3
+    m = classification_metrics(y, prob)
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["sensitivity"] == pytest.approx(np.mean([0.5, 1.0, 0.5]))
+    assert m["specificity"] == pytest.approx(np.mean([3 / 4, 3 / 4, 1.0]))
+
+
+# ------------------------------------------------------------------ variants
+
+
+def test_variants_and_stages():
+    cfg = tiny_cfg()
+    assert [p.name for p in phases(get_variant("deepsc"), cfg)] == ["pretrain_seg", "pretrain_cls", "finetune"]
+    assert [p.mode for p in phases(get_variant("seg_only"), cfg)] == ["seg", "seg"]
+    assert [p.name for p in phases(get_variant("deepsc"), cfg, frozenset({"seg", "cls"}))] == ["finetune"]
+    assert [p.name for p in phases(get_variant("pretrain"), cfg)] == ["pretrain_seg", "pretrain_cls"]
+    assert {f"lambda_ta_{x}" for x in (0, 1, 10, 100)} <= set(VARIANTS)
+    for name in VARIANTS:
+        build_model(get_variant(name), cfg)
+
+
+# ------------------------------------------------------------------ training end to end
+
+
+@pytest.mark.slow
+def test_outputs_have_the_shared_layout(runs, cohort):
+    d = runs["deepsc"]
+    for name in ("model.pt", "history.csv", "predictions.csv", "segmentation.csv", "metrics.json", "example.npz"):
+        assert (d / name).is_file(), name
+    pred = read_predictions([d / "predictions.csv"])
+    assert list(pred.columns[:8]) == ["subject_id", "task", "model", "y_true", "y_pred", "prob_0", "prob_1", "prob_2"]
+    assert set(pred["task"]) == {"diagnosis3"} and len(pred) == 3
+    assert np.allclose(pred[["prob_0", "prob_1", "prob_2"]].sum(1), 1, atol=1e-5)
+    seg = pd.read_csv(d / "segmentation.csv")
+    assert len(seg) == 3 and seg["dsc"].between(0, 1).all()
+    metrics = json.loads((d / "metrics.json").read_text())
+    assert [s["name"] for s in metrics["stages"]] == ["pretrain_seg", "pretrain_cls", "finetune"]
+    assert metrics["inference_seconds_per_scan"] > 0
+    history = pd.read_csv(d / "history.csv")
+    assert history["stage"].tolist() == ["pretrain_seg", "pretrain_cls", "finetune"]
+    assert history["train_loss_ta"].notna().iloc[-1] and "alpha_sc" in history
+    with np.load(d / "example.npz") as z:
+        assert {"ct_hu", "truth", "lesion_prob", "evidence_1", "evidence_3"} <= set(z.files)
+    # A single-task run still writes every file (empty tables with their header).
+    assert pd.read_csv(runs["seg_only"] / "predictions.csv").empty
+    assert pd.read_csv(runs["cls_only"] / "segmentation.csv").empty
+
+
+@pytest.mark.slow
+def test_resume_gives_the_same_weights(cohort, tmp_path):
+    params = json.loads(json.dumps(TINY))
+    params["train"].update({"finetune_epochs": 2})
+    straight = tmp_path / "straight"
+    assert train_main(train_args(cohort, "deepsc", straight, params)) == 0
+    resumed = tmp_path / "resumed"
+    # Interrupted at a stage boundary (after epoch 1) and inside the fine-tuning stage (after epoch 3).
+    assert train_main(train_args(cohort, "deepsc", resumed, params, "--stop-after-epoch", "1")) == 0
+    assert not (resumed / "model.pt").exists() and (resumed / "checkpoint.pt").exists()
+    assert train_main(train_args(cohort, "deepsc", resumed, params, "--stop-after-epoch", "3")) == 0
+    assert train_main(train_args(cohort, "deepsc", resumed, params)) == 0
+    a = torch.load(straight / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(resumed / "model.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ha, hb = pd.read_csv(straight / "history.csv"), pd.read_csv(resumed / "history.csv")
+    pd.testing.assert_frame_equal(ha.drop(columns="seconds"), hb.drop(columns="seconds"))
+
+
+@pytest.mark.slow
+def test_init_from_skips_pretraining(runs, cohort, tmp_path):
+    out = tmp_path / "finetune_only"
+    assert train_main(train_args(cohort, "lambda_ta_1", out, None, "--init-from", str(runs["seg_only"] / "model.pt"),
+                                 str(runs["cls_only"] / "model.pt"))) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [s["name"] for s in metrics["stages"]] == ["finetune"] and metrics["lambda_ta"] == 1.0
+
+
+def test_init_from_another_architecture_is_refused(tmp_path):
+    from covidmtl.deepsc.experiment import MODEL_FORMAT, load_init
+
+    cfg = tiny_cfg()
+    other = build_model(get_variant("no_inception"), cfg)
+    path = tmp_path / "model.pt"
+    torch.save({"format": MODEL_FORMAT, "kind": "deepsc", "variant": "no_inception", "config": cfg.to_dict(),
+                "state_dict": other.state_dict()}, path)
+    with pytest.raises(PipelineInputError, match="only part of the seg/cls branch"):
+        load_init([path], build_model(get_variant("deepsc"), cfg))
+    same = build_model(get_variant("pretrain"), cfg)
+    torch.save({"format": MODEL_FORMAT, "kind": "deepsc", "variant": "pretrain", "config": cfg.to_dict(),
+                "state_dict": same.state_dict()}, path)
+    target = build_model(get_variant("lambda_ta_100"), cfg)
+    assert load_init([path], target) == {"seg", "cls"}
+    assert torch.equal(target.state_dict()["classifier.fc.weight"], same.state_dict()["classifier.fc.weight"])
+
+
+# ------------------------------------------------------------------ bad inputs
+
+
+@pytest.mark.slow
+def test_subject_without_lesion_mask_is_trained_without_segmentation_loss(tmp_path, caplog):
+    cohort = write_toy_cohort(tmp_path / "c", n_train=2, n_test=1, without_mask=("toy-001", "toy-009"))
+    with caplog.at_level(logging.WARNING):
+        assert train_main(train_args(cohort, "deepsc", tmp_path / "run")) == 0
+    assert "segmentation loss is skipped" in caplog.text and "toy-001" in caplog.text
+    seg = pd.read_csv(tmp_path / "run" / "segmentation.csv")
+    assert "toy-009" not in set(seg["subject_id"]) and len(seg) == 2
+    assert "toy-009" in set(pd.read_csv(tmp_path / "run" / "predictions.csv")["subject_id"])
+
+
+@pytest.mark.slow
+def test_volume_smaller_than_the_patch_is_padded(cohort, tmp_path, caplog):
+    params = json.loads(json.dumps(TINY))
+    params["segmentation"]["patch_size"] = [24, 48, 48]  # larger than the 20 x 36 x 44 toy volumes
+    params["train"].update({"pretrain_cls_epochs": 0, "finetune_epochs": 0})
+    with caplog.at_level(logging.WARNING):
+        assert train_main(train_args(cohort, "seg_only", tmp_path / "run", params)) == 0
+    assert "smaller than the patch" in caplog.text and "zero-padded" in caplog.text
+    seg = pd.read_csv(tmp_path / "run" / "segmentation.csv")
+    assert len(seg) == 3 and seg["specificity"].notna().all()
+
+
+def test_class_without_test_subjects_fails_before_training(cohort, tmp_path):
+    split = pd.read_csv(cohort / "split.csv")
+    manifest = pd.read_csv(cohort / "manifest.csv")
+    cap_test = set(manifest.loc[manifest["diagnosis3"] == "cap", "subject_id"]) & set(
+        split.loc[split["split"] == "test", "subject_id"])
+    split.loc[split["subject_id"].isin(cap_test), "split"] = "train"
+    split.to_csv(tmp_path / "split.csv", index=False)
+    args = train_args(cohort, "deepsc", tmp_path / "run")
+    args[args.index("--split") + 1] = str(tmp_path / "split.csv")
+    with pytest.raises(PipelineInputError, match=r"\['cap'\] have no test subjects") as err:
+        train_main(args)
+    assert "stratified" in str(err.value)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    # Segmentation-only variants do not need every class.
+    assert prepare_subjects(cohort / "manifest.csv", tmp_path / "split.csv", cohort / "lungseg", ("seg",),
+                            check_files=False).test
+
+
+def test_missing_lung_mask_names_subject_and_file(cohort, tmp_path):
+    with pytest.raises(PipelineInputError, match="lung mask file does not exist") as err:
+        prepare_subjects(cohort / "manifest.csv", cohort / "split.csv", tmp_path / "nowhere", ("seg", "cls"))
+    assert err.value.subject == "toy-001" and "lung_refined.nii.gz" in err.value.path
+
+
+# ------------------------------------------------------------------ findings and report
+
+
+def test_findings_recover_planted_lesions(cohort, tmp_path):
+    from covidmtl.deepsc.findings import main as findings_main
+
+    assert findings_main(["--manifest", str(cohort / "manifest.csv"), "--lungseg-dir", str(cohort / "lungseg"),
+                          "--out-dir", str(tmp_path)]) == 0
+    scans = pd.read_csv(tmp_path / "findings_subjects.csv")
+    lesions = pd.read_csv(tmp_path / "findings_lesions.csv")
+    by = scans.groupby("diagnosis3")["n_lesions"].mean()
+    assert by["covid19"] > by["cap"] > by["normal"] == 0
+    depth = lesions.groupby("diagnosis3")["relative_depth"].mean()
+    assert depth["covid19"] < 1 / 3 < depth["cap"]
+    hu = scans.groupby("diagnosis3")["mean_lesion_hu"].mean()
+    assert hu["covid19"] < -400 < hu["cap"]
+    for name in ("findings_table.csv", "findings_table.md", "findings_hu_histogram.csv", "figure1_findings.png",
+                 "figure1_findings.pdf"):
+        assert (tmp_path / name).is_file(), name
+
+
+@pytest.mark.slow
+def test_report_builds_tables_and_figures(runs, tmp_path):
+    from covidmtl.deepsc.report import main as report_main
+
+    out = tmp_path / "report"
+    assert report_main(["--run-dirs", *[str(d) for d in runs.values()], str(tmp_path / "not_run"),
+                        "--out-dir", str(out)]) == 0
+    t2 = pd.read_csv(out / "table2_deepsc.csv")
+    assert t2["Variant"].tolist() == ["deepsc", "seg_only", "cls_only"]
+    assert t2.loc[0, "Inference (s/scan) (paper)"] == 2.2 and pd.isna(t2.loc[0, "Accuracy (paper)"])
+    assert pd.isna(t2.loc[1, "Accuracy"]) and pd.notna(t2.loc[1, "DSC"])
+    t3 = pd.read_csv(out / "table3_deepsc.csv")
+    assert t3["Variant"].tolist() == ["deepsc"]  # the full model stands for the multi-scale row
+    for stem in ("figure7_roc", "figure8_segmentation", "figure9_lambda_ta", "figure10_evidence"):
+        assert (out / f"{stem}.png").is_file() and (out / f"{stem}.pdf").is_file()

@@ -28,3 +28,30 @@ def test_every_deep_knob_is_documented():
     from covidmtl.deep.config import knob_table
 
     assert all(row["description"].strip() for row in knob_table())
+
+
+def test_twod_section_matches_the_twod_config_dataclass():
+    from covidmtl.twod.config import TwoDConfig
+
+    from_schema = validate({})["twod"]
+    assert from_schema == TwoDConfig().to_dict()
+    TwoDConfig.from_dict(from_schema)
+
+
+def test_lungseg_section_matches_the_lungseg_params_dataclass():
+    import json
+
+    from covidmtl.lungseg.params import LungSegParams
+
+    from_schema = validate({})["lungseg"]
+    # tuples become lists in JSON, as they do when the rule passes the section
+    assert from_schema == json.loads(json.dumps(LungSegParams().to_dict()))
+    LungSegParams.from_dict(from_schema)
+
+
+def test_deepsc_section_matches_the_deepsc_config_dataclass():
+    from covidmtl.deepsc.config import DeepSCConfig
+
+    from_schema = validate({})["deepsc"]
+    assert from_schema == DeepSCConfig().to_dict()
+    DeepSCConfig.from_dict(from_schema)

@@ -36,9 +36,22 @@ def test_smoke_dag_runs_end_to_end(tmp_path):
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-8000:]
     results = workdir / "results"
     manifest = pd.read_csv(results / "curated" / "manifest.csv")
-    assert len(manifest) == 16 and set(manifest.source_format) == {"nifti", "dicom"}
+    assert len(manifest) == 18 and set(manifest.source_format) == {"nifti", "dicom"}
     table1 = pd.read_csv(results / "tables" / "table1.csv")
-    assert int(table1.loc[table1.characteristic == "Scans", "All"].iloc[0]) == 16
+    assert int(table1.loc[table1.characteristic == "Scans", "All"].iloc[0]) == 18
+    tables = results / "tables"
+    for name in ("table2", "table3", "table4", "table5"):
+        assert (tables / f"{name}.csv").is_file() and (tables / f"{name}.md").is_file(), name
+    table2 = pd.read_csv(tables / "table2.csv")
+    assert len(table2) == 2 and table2.iloc[:, 1].eq(18).all()  # classical and refined, every subject
+    table3 = pd.read_csv(tables / "table3.csv")
+    assert {"RF", "LGBM", "mtl_shift_features"} <= set(table3.Model)
+    for figure in ("figure2", "figure3_roc", "figure4_shift3d", "figure5", "figure6", "figure7_cam", "figure8",
+                   "figure9_losses", "figure10_transfer"):
+        assert (results / "figures" / f"{figure}.png").stat().st_size > 10_000, figure
+    assert (results / "deepsc" / "report" / "table2_deepsc.csv").is_file()
+    assert (results / "twod" / "amyar" / "table3_classification.csv").is_file()
+    assert (results / "twod" / "mga" / "table4_classifiers.csv").is_file()
     # every job wrote a log and a benchmark
     assert any((results / "logs").rglob("*.log")) and any((results / "benchmarks").rglob("*.tsv"))
     # no DICOM identifiers reach results/

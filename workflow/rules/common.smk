@@ -77,3 +77,30 @@ def dataset_raw_inputs(wildcards):
             rules.synthetic_subject.output[0], subject=synthetic_subject_ids()
         )
     return [f"{RAW}/{wildcards.dataset}/.complete"]
+
+
+def deep_train_inputs(wildcards):
+    spec = DEEP_VARIANTS[wildcards.variant]
+    inputs = {
+        "volumes": LUNG_VOLUMES(wildcards),
+        "manifest": rules.manifest.output[0],
+        "split": rules.split.output[0],
+    }
+    if spec.features:
+        inputs["features"] = rules.features_merge.output.parquet
+    if spec.is_transfer:
+        # the two-diagnosis-task model with the same Shift3D setting (section 5.4)
+        source = "mtl2_shift" if spec.shift3d else "mtl2_noshift"
+        inputs["init"] = f"{RESULTS}/deep/{source}/model.pt"
+    return inputs
+
+
+def twod_train_inputs(wildcards):
+    inputs = {"slices": rules.twod_slices.output[0]}
+    if TWOD_VARIANTS[wildcards.variant].architecture == "mga" and config["twod"]["mga"]["guide_source"] == "predicted":
+        inputs["segmenter"] = f"{RESULTS}/twod/runs/mga_seg_hmsa/model.pt"
+    return inputs
+
+
+def twod_run_metrics(variants):
+    return expand(f"{RESULTS}/twod/runs/{{variant}}/metrics.json", variant=variants)

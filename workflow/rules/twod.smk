@@ -1,0 +1,167 @@
+# 2D multitask models on axial slices: Amyar et al. (binary and 3-class) and mask-guided
+# attention (Maftouni et al.). One slice set and split, then one training job per model
+# and ablation; training jobs request a GPU like the 3D models.
+
+from covidmtl.twod.variants import VARIANTS as TWOD_VARIANTS
+
+TWOD_AMYAR = [v for v, spec in TWOD_VARIANTS.items() if spec.family == "amyar"] + ["unet_seg"]
+TWOD_MGA = [v for v, spec in TWOD_VARIANTS.items() if spec.family in {"segmenter", "classifier"}]
+# MGA section 6.3: single-task (ResNet18 + CBAM) vs MGA over training-set sizes.
+TWOD_SWEEP = ["resnet18_cbam", "mga"]
+TWOD_RUN_FILES = ["model.pt", "history.csv", "metrics.json", "predictions.csv", "predictions_patient.csv",
+                  "seg_metrics.csv", "seg_examples.npz"]
+
+
+rule twod_slices:
+    input:
+        manifest=rules.manifest.output[0],
+        cts=per_subject(f"{RESULTS}/curated/{{dataset}}/{{subject}}/ct.nii.gz"),
+    output:
+        directory(f"{RESULTS}/twod/slices"),
+    params:
+        twod=params_json("twod"),
+        seed=config["seed"],
+    conda:
+        "../../envs/deep.yaml"
+    log:
+        f"{LOGS}/twod_slices.log",
+    benchmark:
+        f"{BENCH}/twod_slices.tsv"
+    shell:
+        "covidmtl twod-slices --manifest {input.manifest} --params {params.twod} --seed {params.seed}"
+        " --out-dir {output} > {log} 2>&1"
+
+
+rule twod_train:
+    input:
+        unpack(twod_train_inputs),
+    output:
+        # checkpoint.pt is not an output: it must survive a failed job to be resumed from.
+        **{name.split(".")[0]: f"{RESULTS}/twod/runs/{{variant}}/{name}" for name in TWOD_RUN_FILES},
+    params:
+        twod=params_json("twod"),
+        seed=config["seed"],
+        out_dir=subpath(output.metrics, parent=True),
+        segmenter=lambda wildcards, input: f"--segmenter {input.segmenter}" if "segmenter" in input.keys() else "",
+    wildcard_constraints:
+        variant="|".join(TWOD_VARIANTS),
+    # One torch thread: these small 2D models slow down with more threads on a busy CPU.
+    threads: 1
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=480,
+    conda:
+        "../../envs/deep.yaml"
+    log:
+        f"{LOGS}/twod_train/{{variant}}.log",
+    benchmark:
+        f"{BENCH}/twod_train/{{variant}}.tsv"
+    shell:
+        "covidmtl twod-train --variant {wildcards.variant} --slices-index {input.slices}/index.csv {params.segmenter}"
+        " --params {params.twod} --seed {params.seed} --threads {threads} --out-dir {params.out_dir} > {log} 2>&1"
+
+
+rule twod_train_size_sweep:
+    input:
+        unpack(twod_train_inputs),
+    output:
+        **{name.split(".")[0]: f"{RESULTS}/twod/sweep/{{variant}}_f{{fraction}}/{name}" for name in TWOD_RUN_FILES},
+    params:
+        twod=params_json("twod"),
+        seed=config["seed"],
+        out_dir=subpath(output.metrics, parent=True),
+        segmenter=lambda wildcards, input: f"--segmenter {input.segmenter}" if "segmenter" in input.keys() else "",
+    wildcard_constraints:
+        variant="|".join(TWOD_SWEEP),
+        fraction="[0-9.]+",
+    threads: 1
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=480,
+    conda:
+        "../../envs/deep.yaml"
+    log:
+        f"{LOGS}/twod_train_size_sweep/{{variant}}_f{{fraction}}.log",
+    benchmark:
+        f"{BENCH}/twod_train_size_sweep/{{variant}}_f{{fraction}}.tsv"
+    shell:
+        "covidmtl twod-train --variant {wildcards.variant} --slices-index {input.slices}/index.csv {params.segmenter}"
+        " --train-fraction {wildcards.fraction} --params {params.twod} --seed {params.seed} --threads {threads}"
+        " --out-dir {params.out_dir} > {log} 2>&1"
+
+
+rule twod_report_amyar:
+    input:
+        runs=twod_run_metrics(TWOD_AMYAR),
+    output:
+        table2=f"{RESULTS}/twod/amyar/table2_segmentation.csv",
+        table3=f"{RESULTS}/twod/amyar/table3_classification.csv",
+        figure6=f"{RESULTS}/twod/amyar/figure6_learning_curves.png",
+        figure7=f"{RESULTS}/twod/amyar/figure7_segmentation.png",
+        figure8=f"{RESULTS}/twod/amyar/figure8_roc_binary.png",
+        figure9=f"{RESULTS}/twod/amyar/figure9_roc_3class.png",
+        figure10=f"{RESULTS}/twod/amyar/figure10_confusion.png",
+    params:
+        run_dirs=lambda wildcards, input: [os.path.dirname(p) for p in input.runs],
+        out_dir=subpath(output.table2, parent=True),
+    conda:
+        "../../envs/deep.yaml"
+    log:
+        f"{LOGS}/twod_report_amyar.log",
+    benchmark:
+        f"{BENCH}/twod_report_amyar.tsv"
+    shell:
+        "covidmtl twod-report-amyar --run-dirs {params.run_dirs} --out-dir {params.out_dir} > {log} 2>&1"
+
+
+rule twod_report_mga:
+    input:
+        runs=twod_run_metrics(TWOD_MGA),
+        sweep=expand(
+            f"{RESULTS}/twod/sweep/{{variant}}_f{{fraction}}/metrics.json",
+            variant=TWOD_SWEEP,
+            fraction=[f for f in config["twod"]["mga"]["size_sweep_fractions"] if f < 1],
+        ),
+    output:
+        table3=f"{RESULTS}/twod/mga/table3_segmentation.csv",
+        table4=f"{RESULTS}/twod/mga/table4_classifiers.csv",
+        table5=f"{RESULTS}/twod/mga/table5_mga_stage.csv",
+        sweep=f"{RESULTS}/twod/mga/size_sweep.csv",
+        figure_sweep=f"{RESULTS}/twod/mga/figure_size_sweep.png",
+        figure_segmentation=f"{RESULTS}/twod/mga/figure_segmentation.png",
+    params:
+        run_dirs=lambda wildcards, input: [os.path.dirname(p) for p in input.runs + input.sweep],
+        out_dir=subpath(output.table3, parent=True),
+    conda:
+        "../../envs/deep.yaml"
+    log:
+        f"{LOGS}/twod_report_mga.log",
+    benchmark:
+        f"{BENCH}/twod_report_mga.tsv"
+    shell:
+        "covidmtl twod-report-mga --run-dirs {params.run_dirs} --out-dir {params.out_dir} > {log} 2>&1"
+
+
+rule twod_attribution:
+    input:
+        slices=rules.twod_slices.output[0],
+        runs=twod_run_metrics(["resnet18_cbam", "mga"]),
+    output:
+        figure=f"{RESULTS}/twod/mga/figure10_attribution.png",
+        in_mask=f"{RESULTS}/twod/mga/attribution_in_mask.csv",
+    params:
+        twod=params_json("twod"),
+        run_dirs=lambda wildcards, input: [os.path.dirname(p) for p in input.runs],
+        out_dir=subpath(output.figure, parent=True),
+    threads: 1
+    conda:
+        "../../envs/deep.yaml"
+    log:
+        f"{LOGS}/twod_attribution.log",
+    benchmark:
+        f"{BENCH}/twod_attribution.tsv"
+    shell:
+        "covidmtl twod-attrib --run-dirs {params.run_dirs} --slices-index {input.slices}/index.csv"
+        " --params {params.twod} --threads {threads} --out-dir {params.out_dir} > {log} 2>&1"

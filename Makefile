@@ -6,6 +6,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CORES  ?= all
+# UTF-8 I/O whatever the machine's locale (tables contain "±"; a C locale means ASCII).
+export PYTHONUTF8 := 1
+export LC_ALL := C.UTF-8
 
 .PHONY: install run smoke test test-fast bench lint clean-results
 

@@ -2,7 +2,7 @@
 #
 #   snakemake --cores all                                  # workstation demo (synthetic cohort)
 #   snakemake --cores all --configfile config/smoke.yaml   # CI-sized run
-#   snakemake --profile slurm                              # cluster (see README)
+#   snakemake --profile profiles/slurm                     # SLURM cluster (docs/running.md)
 #
 # The rules are thin: every step calls `covidmtl <command>` from src/covidmtl.
 
@@ -12,6 +12,9 @@ min_version("9.0")
 
 
 configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
@@ -42,4 +45,7 @@ rule all:
         rules.twod_report_amyar.output,
         rules.twod_report_mga.output,
         rules.twod_attribution.output,
+        rules.cohort_metrics.output,
+        rules.lungseg_metrics.output,
+        rules.classification_metrics.output,
     default_target: True

@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "manifest": "covidmtl.manifest:main",
     "split": "covidmtl.split:main",
     "table1": "covidmtl.cohort_table:main",
+    "metrics-export": "covidmtl.metrics_export:main",
     "lungseg": "covidmtl.lungseg.cli:main",
     "lungseg-table2": "covidmtl.lungseg.cli:table2_main",
     "lungseg-figure2": "covidmtl.lungseg.cli:figure2_main",

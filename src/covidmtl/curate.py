@@ -135,7 +135,7 @@ def curate_subject(row: dict, params: dict, out_dir: Path) -> dict:
         "has_lesion_mask": has_mask["lesion"],
         "acquisition": facts,
     }
-    (out_dir / "meta.json").write_text(json.dumps(meta, indent=1))
+    (out_dir / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
     return meta
 
 

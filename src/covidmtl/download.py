@@ -193,7 +193,7 @@ class LockFile:
             data = self._read()
             data.setdefault(dataset, {})[name] = entry
             tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
             os.replace(tmp, self.path)
 
 
@@ -508,7 +508,7 @@ def _manual_error(spec: DatasetSpec, out_dir: Path, cache_dir: Path, reason: str
 def _write_marker(out_dir: Path, marker: dict) -> Path:
     path = out_dir / MARKER
     tmp = out_dir / (MARKER + ".tmp")
-    tmp.write_text(json.dumps(marker, indent=1) + "\n")
+    tmp.write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return path
 

@@ -59,7 +59,13 @@ rule table1:
         manifest=rules.manifest.output,
         split=rules.split.output,
     output:
-        csv=f"{RESULTS}/tables/table1.csv",
+        csv=report(
+            f"{RESULTS}/tables/table1.csv",
+            caption="../report/table1.rst",
+            category="COVID-MTL",
+            subcategory="Tables",
+            labels={"item": "Table 1", "content": "cohort characteristics"},
+        ),
         md=f"{RESULTS}/tables/table1.md",
     params:
         stem=lambda wildcards, output: output.csv.removesuffix(".csv"),
@@ -71,3 +77,19 @@ rule table1:
         f"{BENCH}/table1.tsv"
     shell:
         "covidmtl table1 --manifest {input.manifest} --split {input.split} --out-stem {params.stem} > {log} 2>&1"
+
+
+rule cohort_metrics:
+    input:
+        manifest=rules.manifest.output[0],
+        split=rules.split.output[0],
+    output:
+        f"{RESULTS}/metrics/cohort.json",
+    conda:
+        "../../envs/imaging.yaml"
+    log:
+        f"{LOGS}/cohort_metrics.log",
+    benchmark:
+        f"{BENCH}/cohort_metrics.tsv"
+    shell:
+        "covidmtl metrics-export cohort --manifest {input.manifest} --split {input.split} --out {output} > {log} 2>&1"

@@ -48,11 +48,41 @@ rule deep_report:
         paper_values="config/paper_values.csv",
     output:
         metrics=f"{RESULTS}/deep/report/metrics_deep.csv",
-        table3=f"{RESULTS}/deep/report/table3_deep.csv",
-        table4=f"{RESULTS}/deep/report/table4_deep.csv",
-        figure4=f"{RESULTS}/figures/figure4_shift3d.png",
-        figure9=f"{RESULTS}/figures/figure9_losses.png",
-        figure10=f"{RESULTS}/figures/figure10_transfer.png",
+        table3=report(
+            f"{RESULTS}/deep/report/table3_deep.csv",
+            caption="../report/deep_table3.rst",
+            category="COVID-MTL",
+            subcategory="Tables",
+            labels={"item": "Table 3, deep rows", "content": "CT and NAT diagnosis, 3D models"},
+        ),
+        table4=report(
+            f"{RESULTS}/deep/report/table4_deep.csv",
+            caption="../report/deep_table4.rst",
+            category="COVID-MTL",
+            subcategory="Tables",
+            labels={"item": "Table 4, deep rows", "content": "severity, 3D models"},
+        ),
+        figure4=report(
+            f"{RESULTS}/figures/figure4_shift3d.png",
+            caption="../report/figure4.rst",
+            category="COVID-MTL",
+            subcategory="Figures",
+            labels={"item": "Figure 4", "content": "the effect of Shift3D"},
+        ),
+        figure9=report(
+            f"{RESULTS}/figures/figure9_losses.png",
+            caption="../report/figure9.rst",
+            category="COVID-MTL",
+            subcategory="Figures",
+            labels={"item": "Figure 9", "content": "multitask loss functions"},
+        ),
+        figure10=report(
+            f"{RESULTS}/figures/figure10_transfer.png",
+            caption="../report/figure10.rst",
+            category="COVID-MTL",
+            subcategory="Figures",
+            labels={"item": "Figure 10", "content": "transfer learning to severity"},
+        ),
     params:
         run_dirs=lambda wildcards, input: [os.path.dirname(p) for p in input.metrics],
         out_dir=subpath(output.metrics, parent=True),
@@ -77,7 +107,13 @@ rule deep_cam:
         split=rules.split.output[0],
         features=rules.features_merge.output.parquet,
     output:
-        png=f"{RESULTS}/figures/figure7_cam.png",
+        png=report(
+            f"{RESULTS}/figures/figure7_cam.png",
+            caption="../report/figure7.rst",
+            category="COVID-MTL",
+            subcategory="Figures",
+            labels={"item": "Figure 7", "content": "class activation maps"},
+        ),
         cases=f"{RESULTS}/figures/figure7_cases.csv",
     params:
         out_dir=subpath(output.png, parent=True),

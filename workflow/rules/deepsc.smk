@@ -63,12 +63,48 @@ rule deepsc_report:
     input:
         runs=expand(rules.deepsc_train.output.metrics, variant=DEEPSC_RUNS),
     output:
-        table2=f"{RESULTS}/deepsc/report/table2_deepsc.csv",
-        table3=f"{RESULTS}/deepsc/report/table3_deepsc.csv",
-        figure7=f"{RESULTS}/deepsc/report/figure7_roc.png",
-        figure8=f"{RESULTS}/deepsc/report/figure8_segmentation.png",
-        figure9=f"{RESULTS}/deepsc/report/figure9_lambda_ta.png",
-        figure10=f"{RESULTS}/deepsc/report/figure10_evidence.png",
+        table2=report(
+            f"{RESULTS}/deepsc/report/table2_deepsc.csv",
+            caption="../report/deepsc_table2.rst",
+            category="DeepSC-COVID",
+            subcategory="Tables",
+            labels={"item": "Table II", "content": "diagnosis and lesion segmentation"},
+        ),
+        table3=report(
+            f"{RESULTS}/deepsc/report/table3_deepsc.csv",
+            caption="../report/deepsc_table3.rst",
+            category="DeepSC-COVID",
+            subcategory="Tables",
+            labels={"item": "Table III", "content": "task-aware loss"},
+        ),
+        figure7=report(
+            f"{RESULTS}/deepsc/report/figure7_roc.png",
+            caption="../report/deepsc_figure7.rst",
+            category="DeepSC-COVID",
+            subcategory="Figures",
+            labels={"item": "Figure 7", "content": "ROC curves"},
+        ),
+        figure8=report(
+            f"{RESULTS}/deepsc/report/figure8_segmentation.png",
+            caption="../report/deepsc_figure8.rst",
+            category="DeepSC-COVID",
+            subcategory="Figures",
+            labels={"item": "Figure 8", "content": "lesion segmentation"},
+        ),
+        figure9=report(
+            f"{RESULTS}/deepsc/report/figure9_lambda_ta.png",
+            caption="../report/deepsc_figure9.rst",
+            category="DeepSC-COVID",
+            subcategory="Figures",
+            labels={"item": "Figure 9", "content": "task-aware loss weight"},
+        ),
+        figure10=report(
+            f"{RESULTS}/deepsc/report/figure10_evidence.png",
+            caption="../report/deepsc_figure10.rst",
+            category="DeepSC-COVID",
+            subcategory="Figures",
+            labels={"item": "Figure 10", "content": "lesion evidence"},
+        ),
     params:
         run_dirs=lambda wildcards, input: [os.path.dirname(p) for p in input.runs],
         out_dir=subpath(output.table2, parent=True),
@@ -87,9 +123,21 @@ rule deepsc_findings:
         manifest=rules.manifest.output[0],
         lungs=REFINED_LUNGS,
     output:
-        table=f"{RESULTS}/deepsc/findings/findings_table.csv",
+        table=report(
+            f"{RESULTS}/deepsc/findings/findings_table.csv",
+            caption="../report/deepsc_findings_table.rst",
+            category="DeepSC-COVID",
+            subcategory="Tables",
+            labels={"item": "Section III", "content": "lesion findings per class"},
+        ),
         lesions=f"{RESULTS}/deepsc/findings/findings_lesions.csv",
-        figure=f"{RESULTS}/deepsc/findings/figure1_findings.png",
+        figure=report(
+            f"{RESULTS}/deepsc/findings/figure1_findings.png",
+            caption="../report/deepsc_figure1.rst",
+            category="DeepSC-COVID",
+            subcategory="Figures",
+            labels={"item": "Section III", "content": "lesion findings per class"},
+        ),
     params:
         deepsc=params_json("deepsc"),
         lungseg_dir=f"{RESULTS}/lungseg",

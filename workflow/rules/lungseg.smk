@@ -12,7 +12,13 @@ rule lungseg:
         volume=f"{RESULTS}/lungseg/{{dataset}}/{{subject}}/lung_volume.nii.gz",
         volume_mask=f"{RESULTS}/lungseg/{{dataset}}/{{subject}}/lung_volume_mask.nii.gz",
         metrics=f"{RESULTS}/lungseg/{{dataset}}/{{subject}}/metrics.json",
-        qc=f"{RESULTS}/lungseg/{{dataset}}/{{subject}}/qc.png",
+        qc=report(
+            f"{RESULTS}/lungseg/{{dataset}}/{{subject}}/qc.png",
+            caption="../report/lungseg_qc.rst",
+            category="Lung segmentation QC",
+            subcategory="{dataset}",
+            labels={"subject": "{subject}"},
+        ),
     params:
         lungseg=params_json("lungseg"),
         out_dir=subpath(output.metrics, parent=True),
@@ -35,9 +41,21 @@ rule lungseg_table2:
     input:
         metrics=per_subject(f"{RESULTS}/lungseg/{{dataset}}/{{subject}}/metrics.json"),
     output:
-        csv=f"{RESULTS}/tables/table2.csv",
+        csv=report(
+            f"{RESULTS}/tables/table2.csv",
+            caption="../report/table2.rst",
+            category="COVID-MTL",
+            subcategory="Tables",
+            labels={"item": "Table 2", "content": "lung segmentation quality"},
+        ),
         md=f"{RESULTS}/tables/table2.md",
-        per_subject=f"{RESULTS}/tables/table2_per_subject.csv",
+        per_subject=report(
+            f"{RESULTS}/tables/table2_per_subject.csv",
+            caption="../report/table2_per_subject.rst",
+            category="COVID-MTL",
+            subcategory="Tables",
+            labels={"item": "Table 2 per subject", "content": "lung segmentation quality of each subject"},
+        ),
     params:
         stem=lambda wildcards, output: output.csv.removesuffix(".csv"),
     conda:
@@ -55,7 +73,13 @@ rule lungseg_figure2:
         subject_dirs=per_subject(f"{RESULTS}/lungseg/{{dataset}}/{{subject}}/metrics.json"),
         curated=per_subject(f"{RESULTS}/curated/{{dataset}}/{{subject}}/meta.json"),
     output:
-        png=f"{RESULTS}/figures/figure2.png",
+        png=report(
+            f"{RESULTS}/figures/figure2.png",
+            caption="../report/figure2.rst",
+            category="COVID-MTL",
+            subcategory="Figures",
+            labels={"item": "Figure 2", "content": "classical vs refined lung segmentation"},
+        ),
         pdf=f"{RESULTS}/figures/figure2.pdf",
     params:
         subject_dirs=lambda wildcards, input: [os.path.dirname(p) for p in input.subject_dirs],
@@ -69,3 +93,19 @@ rule lungseg_figure2:
     shell:
         "covidmtl lungseg-figure2 --subject-dirs {params.subject_dirs} --curated-dirs {params.curated_dirs}"
         " --out {output.png} > {log} 2>&1"
+
+
+rule lungseg_metrics:
+    input:
+        rules.lungseg_table2.output.per_subject,
+    output:
+        f"{RESULTS}/metrics/lungseg.json",
+    conda:
+        "../../envs/imaging.yaml"
+    log:
+        f"{LOGS}/lungseg_metrics.log",
+    benchmark:
+        f"{BENCH}/lungseg_metrics.tsv"
+    shell:
+        "covidmtl metrics-export segmentation --table {input} --columns dice jaccard --group-by method"
+        " --out {output} > {log} 2>&1"

@@ -14,11 +14,29 @@ rule tables_3_4:
         deep=expand(rules.deep_train.output.predictions, variant=DEEP_VARIANTS),
         paper_values="config/paper_values.csv",
     output:
-        table3=f"{RESULTS}/tables/table3.csv",
+        table3=report(
+            f"{RESULTS}/tables/table3.csv",
+            caption="../report/table3.rst",
+            category="COVID-MTL",
+            subcategory="Tables",
+            labels={"item": "Table 3", "content": "COVID-19 diagnosis (CT, NAT)"},
+        ),
         table3_md=f"{RESULTS}/tables/table3.md",
-        table4=f"{RESULTS}/tables/table4.csv",
+        table4=report(
+            f"{RESULTS}/tables/table4.csv",
+            caption="../report/table4.rst",
+            category="COVID-MTL",
+            subcategory="Tables",
+            labels={"item": "Table 4", "content": "severity"},
+        ),
         table4_md=f"{RESULTS}/tables/table4.md",
-        metrics=f"{RESULTS}/tables/metrics.csv",
+        metrics=report(
+            f"{RESULTS}/tables/metrics.csv",
+            caption="../report/metrics_table.rst",
+            category="COVID-MTL",
+            subcategory="Tables",
+            labels={"item": "Tables 3-4, all metrics", "content": "every model, task and metric"},
+        ),
     params:
         out_dir=subpath(output.table3, parent=True),
     conda:
@@ -37,7 +55,13 @@ rule figure3_roc:
         classical=[rules.classical_train.output.rf, rules.classical_train.output.lgbm],
         deep=expand(rules.deep_train.output.predictions, variant=FIGURE3_DEEP),
     output:
-        png=f"{RESULTS}/figures/figure3_roc.png",
+        png=report(
+            f"{RESULTS}/figures/figure3_roc.png",
+            caption="../report/figure3.rst",
+            category="COVID-MTL",
+            subcategory="Figures",
+            labels={"item": "Figure 3", "content": "ROC curves"},
+        ),
         pdf=f"{RESULTS}/figures/figure3_roc.pdf",
     params:
         classical=params_json("classical"),
@@ -50,3 +74,21 @@ rule figure3_roc:
     shell:
         "covidmtl roc-figure --predictions {input.classical} {input.deep} --params {params.classical}"
         " --out {output.png} > {log} 2>&1"
+
+
+rule classification_metrics:
+    input:
+        classical=[rules.classical_train.output.rf, rules.classical_train.output.lgbm],
+        deep=expand(rules.deep_train.output.predictions, variant=DEEP_VARIANTS),
+    output:
+        json=f"{RESULTS}/metrics/classification.json",
+        roc=directory(f"{RESULTS}/plots/roc"),
+    conda:
+        "../../envs/features.yaml"
+    log:
+        f"{LOGS}/classification_metrics.log",
+    benchmark:
+        f"{BENCH}/classification_metrics.tsv"
+    shell:
+        "covidmtl metrics-export classification --predictions {input.classical} {input.deep}"
+        " --out {output.json} --roc-dir {output.roc} > {log} 2>&1"

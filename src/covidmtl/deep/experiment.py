@@ -161,7 +161,7 @@ def run(spec: VariantSpec, cfg: DeepConfig, volumes: dict[str, Path], manifest: 
         "metrics": metrics_from_frame(pred),
         "config": cfg.to_dict(),
     }
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, allow_nan=True))
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, allow_nan=True), encoding="utf-8")
     log.info("%s: %s", spec.name, {t: {k: round(v, 3) for k, v in m.items() if k in {"auc", "accuracy"}}
                                    for t, m in metrics["metrics"].items()})
     return metrics
@@ -179,7 +179,7 @@ def _cached_intensity(out_dir: Path, fingerprint: str, data, loader: VolumeLoade
             return float(cached["mean"]), float(cached["std"])
     log.info("computing intensity statistics of %d training volumes", len(data.train))
     mean, std = intensity_stats(data.train, loader, workers)
-    path.write_text(json.dumps({"fingerprint": fingerprint, "mean": mean, "std": std}))
+    path.write_text(json.dumps({"fingerprint": fingerprint, "mean": mean, "std": std}), encoding="utf-8")
     return mean, std
 
 

@@ -270,7 +270,7 @@ def run(spec: VariantSpec, cfg: DeepSCConfig, manifest: Path, split: Path, lungs
         "example_subject": example_id,
         "config": cfg.to_dict(),
     }
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, allow_nan=True))
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, allow_nan=True), encoding="utf-8")
     cls, seg = metrics["classification"] or {}, metrics["segmentation"] or {}
     log.info("%s: accuracy %s, AUC %s, DSC %s, NSD %s, %.2f s per scan on %s", spec.name,
              _fmt(cls.get("accuracy")), _fmt(cls.get("auc")), _fmt(seg.get("dsc")), _fmt(seg.get("nsd")),

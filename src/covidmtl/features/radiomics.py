@@ -302,7 +302,7 @@ def write_table_file(df: pd.DataFrame, out: str | Path) -> Path:
     elif suffix == ".csv":
         df.to_csv(out, index=False)
     elif suffix == ".json":
-        out.write_text(df.to_json(orient="records", indent=1))
+        out.write_text(df.to_json(orient="records", indent=1), encoding="utf-8")
     else:
         raise ValueError(f"unsupported table format {out.suffix!r} (use .parquet, .csv or .json)")
     return out

@@ -162,7 +162,7 @@ def run_subject(
         write_qc_overlay(ct, result.refined, out_dir / OUTPUT_FILES["qc"], title=f"{subject}: refined lung mask")
     # Linux reports ru_maxrss in KiB: the peak of the whole process, all steps together.
     record["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    (out_dir / OUTPUT_FILES["metrics"]).write_text(json.dumps(record, indent=2, default=_json_default) + "\n")
+    (out_dir / OUTPUT_FILES["metrics"]).write_text(json.dumps(record, indent=2, default=_json_default) + "\n", encoding="utf-8")
     log.info("%s: lungs %.0f ml (classical) / %.0f ml (refined) in %.1f s + %.1f s", subject,
              record["classical"]["lung_volume_ml"], record["refined"]["lung_volume_ml"], *result.seconds.values())
     return record

@@ -197,7 +197,7 @@ def write_subject(row: dict, phantom_params: dict, subject_dir: Path) -> dict:
         sitk.WriteImage(synthetic.ct, str(subject_dir / "ct.nii.gz"), useCompression=True)
     sitk.WriteImage(synthetic.lung_mask, str(subject_dir / "lung_mask.nii.gz"), useCompression=True)
     sitk.WriteImage(synthetic.lesion_mask, str(subject_dir / "lesion_mask.nii.gz"), useCompression=True)
-    (subject_dir / "lesions.json").write_text(json.dumps(synthetic.lesions, indent=1, default=float))
+    (subject_dir / "lesions.json").write_text(json.dumps(synthetic.lesions, indent=1, default=float), encoding="utf-8")
     return {"subject_id": row["subject_id"], "n_lesions": len(synthetic.lesions), "size": synthetic.ct.GetSize()}
 
 

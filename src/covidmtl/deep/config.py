@@ -11,12 +11,11 @@ cannot silently fall back to a default.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
-import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import ClassVar
+
+from covidmtl import sectionconfig
+from covidmtl.sectionconfig import SectionConfig
 
 
 @dataclass
@@ -162,7 +161,9 @@ class TransferConfig:
 
 
 @dataclass
-class DeepConfig:
+class DeepConfig(SectionConfig):
+    SECTION: ClassVar[str] = "deep"
+
     seed: int = 20201210
     """Seed of initialisation, sampling, augmentation, Shift3D and loss weights."""
     width_multiplier: float = 1.0
@@ -181,21 +182,6 @@ class DeepConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> "DeepConfig":
-        cfg = _build(cls, dict(data or {}), "deep")
-        cfg.validate()
-        return cfg
-
-    @classmethod
-    def from_json(cls, text: str | None) -> "DeepConfig":
-        return cls.from_dict(json.loads(text) if text else {})
-
-    def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-    def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
     def validate(self) -> None:
         problems = []
@@ -227,59 +213,8 @@ class DeepConfig:
             raise ValueError("invalid deep config: " + "; ".join(problems))
 
 
-def _build(klass, data: dict[str, Any], prefix: str):
-    fields = {f.name: f for f in dataclasses.fields(klass)}
-    unknown = set(data) - set(fields)
-    if unknown:
-        raise ValueError(f"unknown {prefix} config keys: {sorted(unknown)}; allowed: {sorted(fields)}")
-    hints = typing.get_type_hints(klass)
-    kwargs = {}
-    for name, value in data.items():
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            if not isinstance(value, dict):
-                raise ValueError(f"{prefix}.{name} must be a mapping")
-            kwargs[name] = _build(hint, value, f"{prefix}.{name}")
-        elif isinstance(value, list):
-            kwargs[name] = tuple(value)
-        else:
-            kwargs[name] = value
-    return klass(**kwargs)
-
 
 def knob_table() -> list[dict[str, str]]:
     """Every knob as (dotted name, type, default, description), for the schema and the README."""
-    rows: list[dict[str, str]] = []
+    return sectionconfig.knob_table(DeepConfig, "deep")
 
-    def walk(klass, prefix: str) -> None:
-        hints = typing.get_type_hints(klass)
-        docs = _field_docs(klass)
-        for f in dataclasses.fields(klass):
-            if dataclasses.is_dataclass(hints[f.name]):
-                walk(hints[f.name], f"{prefix}.{f.name}")
-                continue
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            hint = hints[f.name]
-            type_name = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
-            rows.append({"name": f"{prefix}.{f.name}", "type": type_name,
-                         "default": json.dumps(default), "description": docs.get(f.name, "")})
-
-    walk(DeepConfig, "deep")
-    return rows
-
-
-def _field_docs(klass) -> dict[str, str]:
-    """Attribute docstrings (the string literal under each field)."""
-    import ast
-    import inspect
-    import textwrap
-
-    tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
-    docs: dict[str, str] = {}
-    body = tree.body[0].body
-    for prev, node in zip(body, body[1:]):
-        if (isinstance(prev, ast.AnnAssign) and isinstance(prev.target, ast.Name)
-                and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
-                and isinstance(node.value.value, str)):
-            docs[prev.target.id] = " ".join(node.value.value.split())
-    return docs

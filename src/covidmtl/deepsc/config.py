@@ -13,15 +13,13 @@ silently fall back to a default.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
-import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
+
+from covidmtl import sectionconfig
+from covidmtl.sectionconfig import SectionConfig
 
 # Generic dataclass-from-dict builder and attribute-docstring reader of the shared deep config.
-from covidmtl.deep.config import _build, _field_docs
 
 
 @dataclass
@@ -172,7 +170,9 @@ class FindingsConfig:
 
 
 @dataclass
-class DeepSCConfig:
+class DeepSCConfig(SectionConfig):
+    SECTION: ClassVar[str] = "deepsc"
+
     seed: int = 20210513
     """Seed of initialisation, patch sampling and batching (the workflow passes its global seed)."""
     width_multiplier: float = 1.0
@@ -186,21 +186,6 @@ class DeepSCConfig:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     findings: FindingsConfig = field(default_factory=FindingsConfig)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> "DeepSCConfig":
-        cfg = _build(cls, dict(data or {}), "deepsc")
-        cfg.validate()
-        return cfg
-
-    @classmethod
-    def from_json(cls, text: str | None) -> "DeepSCConfig":
-        return cls.from_dict(json.loads(text) if text else {})
-
-    def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-    def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
     def validate(self) -> None:
         p = []
@@ -263,20 +248,4 @@ class DeepSCConfig:
 
 def knob_table() -> list[dict[str, str]]:
     """Every knob as (dotted name, type, default, description), for the schema and the README."""
-    rows: list[dict[str, str]] = []
-
-    def walk(klass, prefix: str) -> None:
-        hints = typing.get_type_hints(klass)
-        docs = _field_docs(klass)
-        for f in dataclasses.fields(klass):
-            if dataclasses.is_dataclass(hints[f.name]):
-                walk(hints[f.name], f"{prefix}.{f.name}")
-                continue
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            hint = hints[f.name]
-            type_name = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
-            rows.append({"name": f"{prefix}.{f.name}", "type": type_name, "default": json.dumps(default),
-                         "description": docs.get(f.name, "")})
-
-    walk(DeepSCConfig, "deepsc")
-    return rows
+    return sectionconfig.knob_table(DeepSCConfig, "deepsc")

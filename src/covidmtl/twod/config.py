@@ -14,14 +14,12 @@ to a default silently). The parsing helpers are the 3D models' (:mod:`covidmtl.d
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
-import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import ClassVar
 
-from covidmtl.deep.config import _build, _field_docs
+from covidmtl import sectionconfig
+from covidmtl.sectionconfig import SectionConfig
+
 
 
 @dataclass
@@ -185,7 +183,9 @@ class AttributionConfig:
 
 
 @dataclass
-class TwoDConfig:
+class TwoDConfig(SectionConfig):
+    SECTION: ClassVar[str] = "twod"
+
     seed: int = 20201210
     """Seed of initialisation, splits and sampling."""
     width_multiplier: float = 1.0
@@ -202,21 +202,6 @@ class TwoDConfig:
     mga: MGAConfig = field(default_factory=MGAConfig)
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> "TwoDConfig":
-        cfg = _build(cls, dict(data or {}), "twod")
-        cfg.validate()
-        return cfg
-
-    @classmethod
-    def from_json(cls, text: str | None) -> "TwoDConfig":
-        return cls.from_dict(json.loads(text) if text else {})
-
-    def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-    def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
     def validate(self) -> None:
         p = []
@@ -273,20 +258,4 @@ def scaled(channels: int, width: float, minimum: int = 1) -> int:
 
 def knob_table() -> list[dict[str, str]]:
     """Every knob as (dotted name, type, default, description), for the schema and the README."""
-    rows: list[dict[str, str]] = []
-
-    def walk(klass, prefix: str) -> None:
-        hints = typing.get_type_hints(klass)
-        docs = _field_docs(klass)
-        for f in dataclasses.fields(klass):
-            if dataclasses.is_dataclass(hints[f.name]):
-                walk(hints[f.name], f"{prefix}.{f.name}")
-                continue
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            hint = hints[f.name]
-            type_name = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
-            rows.append({"name": f"{prefix}.{f.name}", "type": type_name,
-                         "default": json.dumps(default), "description": docs.get(f.name, "")})
-
-    walk(TwoDConfig, "twod")
-    return rows
+    return sectionconfig.knob_table(TwoDConfig, "twod")

@@ -83,7 +83,7 @@ def test_covid_ct_md_missing_index_csv(tmp_path):
 
 def test_covid_ct_md_unknown_diagnosis(tmp_path):
     fx.build_covid_ct_md(tmp_path)
-    text = (tmp_path / "Index.csv").read_text().replace("CAP,./CAP/,cap001", "Influenza,./CAP/,cap001")
+    text = (tmp_path / "Index.csv").read_text(encoding="utf-8").replace("CAP,./CAP/,cap001", "Influenza,./CAP/,cap001")
     (tmp_path / "Index.csv").write_text(text)
     with pytest.raises(PipelineInputError, match=r"covid_ct_md: unknown diagnosis 'Influenza' in Index.csv line 3"):
         covid_ct_md.build_index(tmp_path)
@@ -91,7 +91,7 @@ def test_covid_ct_md_unknown_diagnosis(tmp_path):
 
 def test_covid_ct_md_folder_disagrees_with_index(tmp_path):
     fx.build_covid_ct_md(tmp_path)
-    text = (tmp_path / "Index.csv").read_text().replace("CAP,./CAP/,cap001", "COVID-19,./COVID-19/,cap001")
+    text = (tmp_path / "Index.csv").read_text(encoding="utf-8").replace("CAP,./CAP/,cap001", "COVID-19,./COVID-19/,cap001")
     (tmp_path / "Index.csv").write_text(text)
     with pytest.raises(PipelineInputError, match=r"cap001 is in the folder 'Cap subjects' but Index.csv says"):
         covid_ct_md.build_index(tmp_path)

@@ -86,5 +86,5 @@ def test_no_header_identifier_reaches_results(real_ct_dir, tmp_path):
              if value.encode() in readable_bytes(p)]
     assert not leaks, f"identifiers from the DICOM headers reached results/: {leaks}"
     # what is allowed through: age and sex (and the acquisition facts)
-    meta = json.loads((results / "curated" / "ctmd-P001" / "meta.json").read_text())
+    meta = json.loads((results / "curated" / "ctmd-P001" / "meta.json").read_text(encoding="utf-8"))
     assert meta["age"] == 39 and meta["sex"] == "M"

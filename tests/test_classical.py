@@ -165,7 +165,7 @@ def test_tables_from_predictions(prediction_files, tmp_path):
     paths = write_tables(pred, tmp_path / "tables")
     for key in ("metrics", "table3", "table4"):
         assert paths[key].exists()
-    assert (tmp_path / "tables" / "table3.md").read_text().count("|") > 10
+    assert (tmp_path / "tables" / "table3.md").read_text(encoding="utf-8").count("|") > 10
 
 
 def test_roc_figure(prediction_files, tmp_path):

@@ -34,7 +34,7 @@ def test_config_levels_validate(overlay):
 def test_paper_overlay_restores_the_papers_values():
     """Every knob the demo shrinks is set back to the schema default (= paper value) in paper.yaml."""
     defaults = validate({})
-    demo = yaml.safe_load((CONFIG / "config.yaml").read_text())
+    demo = yaml.safe_load((CONFIG / "config.yaml").read_text(encoding="utf-8"))
     paper = load_config([CONFIG / "config.yaml", CONFIG / "paper.yaml"])
 
     def leaves(node, prefix=()):
@@ -61,7 +61,7 @@ def test_smoke_is_smaller_than_demo():
 
 
 def test_invalid_config_is_rejected():
-    config = copy.deepcopy(yaml.safe_load((CONFIG / "config.yaml").read_text()))
+    config = copy.deepcopy(yaml.safe_load((CONFIG / "config.yaml").read_text(encoding="utf-8")))
     bad = deep_update(config, {"split": {"test_fraction": 1.5}})
     with pytest.raises(jsonschema.ValidationError):
         validate(bad)

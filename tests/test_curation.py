@@ -81,7 +81,7 @@ def test_dicom_series_curates_with_age_and_sex_from_headers(tmp_path, curation_p
     image, _ = make_ct()
     meta = curate_subject(index_row(tmp_path, image, fmt="dicom"), curation_params, tmp_path / "out")
     assert meta["source_format"] == "dicom" and meta["age"] == 61 and meta["sex"] == "F"
-    text = (tmp_path / "out" / "meta.json").read_text()
+    text = (tmp_path / "out" / "meta.json").read_text(encoding="utf-8")
     assert "MRN" not in text and "SYNTHETIC" not in text and "PATIENT" not in text
 
 

@@ -91,7 +91,7 @@ def test_outputs_have_the_shared_layout(runs):
     for col in ("train_loss_total", "test_loss_total", "test_loss_mean", "test_loss_ct", "test_loss_severity",
                 "test_auc_ct", "train_acc_nat", "lr"):
         assert col in hist.columns
-    metrics = json.loads((d / "metrics.json").read_text())
+    metrics = json.loads((d / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["variant"] == "mtl_shift_features" and metrics["n_features"] == 3
     assert {"precision", "recall", "f1", "accuracy", "auc"} <= set(metrics["metrics"]["ct"])
     assert "auc_sd" in metrics["metrics"]["severity"]
@@ -135,7 +135,7 @@ def test_stale_checkpoint_of_another_config_is_not_resumed(cohort, tmp_path):
     assert train_main(train_args(cohort, "squeezenet3d_ct", out, params)) == 0
     params["train"]["lr_max"] = 0.001
     assert train_main(train_args(cohort, "squeezenet3d_ct", out, params)) == 0
-    assert json.loads((out / "metrics.json").read_text())["config"]["train"]["lr_max"] == 0.001
+    assert json.loads((out / "metrics.json").read_text(encoding="utf-8"))["config"]["train"]["lr_max"] == 0.001
 
 
 # ----------------------------------------------------------------------------- bad input

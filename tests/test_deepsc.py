@@ -249,7 +249,7 @@ def test_outputs_have_the_shared_layout(runs, cohort):
     assert np.allclose(pred[["prob_0", "prob_1", "prob_2"]].sum(1), 1, atol=1e-5)
     seg = pd.read_csv(d / "segmentation.csv")
     assert len(seg) == 3 and seg["dsc"].between(0, 1).all()
-    metrics = json.loads((d / "metrics.json").read_text())
+    metrics = json.loads((d / "metrics.json").read_text(encoding="utf-8"))
     assert [s["name"] for s in metrics["stages"]] == ["pretrain_seg", "pretrain_cls", "finetune"]
     assert metrics["inference_seconds_per_scan"] > 0
     history = pd.read_csv(d / "history.csv")
@@ -288,7 +288,7 @@ def test_init_from_skips_pretraining(runs, cohort, tmp_path):
     out = tmp_path / "finetune_only"
     assert train_main(train_args(cohort, "lambda_ta_1", out, None, "--init-from", str(runs["seg_only"] / "model.pt"),
                                  str(runs["cls_only"] / "model.pt"))) == 0
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert [s["name"] for s in metrics["stages"]] == ["finetune"] and metrics["lambda_ta"] == 1.0
 
 

@@ -122,7 +122,7 @@ def test_download_verifies_extracts_and_marks_complete(server, tmp_path):
     assert (out / "data" / "sub" / "b.txt").read_bytes() == DATASET_FILES["data/sub/b.txt"]
     assert (out / ".downloads" / "ds.zip").read_bytes() == archive
     assert not list((out / ".downloads").glob("*.part"))
-    saved = json.loads((out / MARKER).read_text())
+    saved = json.loads((out / MARKER).read_text(encoding="utf-8"))
     assert saved == marker and saved["source"] == "download"
     assert saved["files"] == [{"name": "ds.zip", "source": server.url + "/ds.zip", "sha256": sha(archive),
                                "bytes": len(archive), "verified": "registry"}]
@@ -178,7 +178,7 @@ def test_unknown_checksum_recorded_on_first_download_then_enforced(server, tmp_p
     server.routes["/ds.zip"] = {"data": archive}
     marker = run(spec_for(server.url + "/ds.zip"), tmp_path)
     assert marker["files"][0]["verified"] == "recorded on first download"
-    lock = json.loads((tmp_path / "datasets.lock.json").read_text())
+    lock = json.loads((tmp_path / "datasets.lock.json").read_text(encoding="utf-8"))
     assert lock["toy"]["ds.zip"]["sha256"] == sha(archive)
     assert "Commit that file" in caplog.text
     # upstream changes the file: the next download is checked against the lock file

@@ -40,7 +40,7 @@ TARGET_STAGES = {"raw@synthetic", "curate", "table1"}
 
 def dvc_stages() -> dict[str, dict]:
     """Stage name -> stage body (a `foreach` stage's template body under its own name)."""
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
     return {name: stage.get("do", stage) for name, stage in stages.items()}
 
 
@@ -68,7 +68,7 @@ def covered(path: str, declared: list[str]) -> bool:
 
 
 def test_dvc_yaml_refers_to_existing_files_and_config_keys():
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
     stages = dvc_stages()
     assert stages, "dvc.yaml has no stages"
     declared = declared_paths(stages)
@@ -133,9 +133,9 @@ def test_every_rule_output_is_a_dvc_output_and_every_stage_target_a_rule_output(
 
 
 def test_default_remote_is_a_local_directory():
-    config = (REPO / ".dvc" / "config").read_text()
+    config = (REPO / ".dvc" / "config").read_text(encoding="utf-8")
     assert "remote = local" in config and "url = ../../covidmtl-dvc-remote" in config
-    assert "/config.local" in (REPO / ".dvc" / ".gitignore").read_text()
+    assert "/config.local" in (REPO / ".dvc" / ".gitignore").read_text(encoding="utf-8")
 
 
 # --- metrics export (fast) -------------------------------------------------------------
@@ -163,7 +163,7 @@ def test_classification_export_writes_auc_json_and_roc_curves(tmp_path):
     out, roc_dir = tmp_path / "metrics" / "classical.json", tmp_path / "roc"
     assert metrics_export.main(["classification", "--predictions", str(pred_file), "--out", str(out),
                                 "--roc-dir", str(roc_dir)]) == 0
-    metrics = json.loads(out.read_text())
+    metrics = json.loads(out.read_text(encoding="utf-8"))
     assert set(metrics) == {"ct", "severity"} and set(metrics["ct"]) == {"rf", "lgbm"}
     assert 0.5 < metrics["ct"]["rf"]["auc"] <= 1.0
     assert metrics["severity"]["lgbm"]["auc"] == pytest.approx(1.0)
@@ -180,7 +180,7 @@ def test_segmentation_and_cohort_exports(tmp_path):
     out = tmp_path / "lungseg.json"
     metrics_export.main(["segmentation", "--table", str(tmp_path / "qc.csv"), "--columns", "dice",
                          "--group-by", "method", "--out", str(out)])
-    summary = json.loads(out.read_text())
+    summary = json.loads(out.read_text(encoding="utf-8"))
     assert set(summary) == {"x", "y"}
     assert summary["x"]["dice"]["mean"] == pytest.approx(0.85) and summary["x"]["dice"]["n"] == 2
     assert summary["y"]["dice"]["mean"] is None  # NaN becomes null: DVC reads strict JSON
@@ -311,8 +311,8 @@ def dvc_repo(tmp_path_factory, dvc_env):
             shutil.copytree(src, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         else:
             shutil.copy(src, dest)
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    config = _merge(config, yaml.safe_load((REPO / "config" / "smoke.yaml").read_text()))
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
+    config = _merge(config, yaml.safe_load((REPO / "config" / "smoke.yaml").read_text(encoding="utf-8")))
     config = _merge(config, {"synthetic": {"n_subjects": 6}})
     (repo / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
@@ -334,7 +334,7 @@ def test_dvc_repro_builds_every_stage_and_declares_every_output(dvc_repo, dvc_en
     assert "up to date" in status, status
     table1 = pd.read_csv(dvc_repo / "results" / "tables" / "table1.csv")
     assert int(table1.loc[table1.characteristic == "Scans", "All"].iloc[0]) == 6
-    lock = yaml.safe_load((dvc_repo / "dvc.lock").read_text())["stages"]
+    lock = yaml.safe_load((dvc_repo / "dvc.lock").read_text(encoding="utf-8"))["stages"]
     assert set(lock) == TARGET_STAGES
     assert lock["raw@synthetic"]["params"]["config/config.yaml"]["synthetic"]["n_subjects"] == 6
 
@@ -361,7 +361,7 @@ def test_changing_one_parameter_reruns_only_the_stages_that_depend_on_it(dvc_rep
     upstream = [dvc_repo / "resources/raw/synthetic/index.csv", dvc_repo / "results/curated/manifest.csv"]
     before = {path: (path.stat().st_mtime_ns, _digest(path)) for path in upstream}
     config_path = dvc_repo / "config" / "config.yaml"
-    original = config_path.read_text()
+    original = config_path.read_text(encoding="utf-8")
     config = yaml.safe_load(original)
     config["split"] = {**config.get("split", {}), "test_fraction": 0.5}
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))

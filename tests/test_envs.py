@@ -42,7 +42,7 @@ LAZY_ENTRY_ONLY = {
 
 
 def project_pins() -> dict[str, str]:
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     requirements = list(project["dependencies"])
     for extra in project.get("optional-dependencies", {}).values():
         requirements += extra
@@ -56,7 +56,7 @@ def project_pins() -> dict[str, str]:
 
 def lock_pins() -> dict[str, str]:
     pins = {}
-    for line in (REPO / "constraints.txt").read_text().splitlines():
+    for line in (REPO / "constraints.txt").read_text(encoding="utf-8").splitlines():
         match = PIN.match(line)
         if match:
             pins[canonicalize_name(match.group(1))] = match.group(2)
@@ -65,14 +65,14 @@ def lock_pins() -> dict[str, str]:
 
 def env_pip_packages(env_file: Path) -> dict[str, str]:
     """name -> pinned version of the pip section and of the env's post-deploy script."""
-    env = yaml.safe_load(env_file.read_text())
+    env = yaml.safe_load(env_file.read_text(encoding="utf-8"))
     lines = []
     for dep in env["dependencies"]:
         if isinstance(dep, dict) and "pip" in dep:
             lines += [str(item) for item in dep["pip"]]
     post_deploy = env_file.with_name(env_file.stem + ".post-deploy.sh")
     if post_deploy.exists():
-        for line in post_deploy.read_text().splitlines():
+        for line in post_deploy.read_text(encoding="utf-8").splitlines():
             if line.strip().startswith("#"):
                 continue
             lines += [word for word in line.split() if "==" in word]
@@ -87,7 +87,7 @@ def env_pip_packages(env_file: Path) -> dict[str, str]:
 @pytest.mark.parametrize("env_file", ENV_FILES, ids=[f.name for f in ENV_FILES])
 def test_env_pins_match_the_tested_environment(env_file):
     project, lock = project_pins(), lock_pins()
-    env = yaml.safe_load(env_file.read_text())
+    env = yaml.safe_load(env_file.read_text(encoding="utf-8"))
     assert env["channels"][0] == "conda-forge" and "nodefaults" in env["channels"]
     python = [d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python")]
     assert python == ["python=3.11"], f"{env_file.name}: python must be pinned to 3.11 like pyproject.toml"
@@ -104,7 +104,7 @@ def test_the_four_rule_groups_have_an_environment():
     for env_file in ENV_FILES:
         post_deploy = env_file.with_name(env_file.stem + ".post-deploy.sh")
         assert post_deploy.exists(), f"{env_file.name} needs {post_deploy.name} to install the covidmtl package"
-        assert "pip install --no-deps" in post_deploy.read_text()
+        assert "pip install --no-deps" in post_deploy.read_text(encoding="utf-8")
 
 
 # --- which packages does a `covidmtl <command>` import? ------------------------------------
@@ -139,7 +139,7 @@ def _imported_names(node: ast.AST, module: str, is_package: bool) -> list[str]:
 def _imports(module: str) -> tuple[set[str], set[str]]:
     """(covidmtl modules, third-party top-level names) that a module imports anywhere."""
     path = _module_file(module)
-    tree = ast.parse(path.read_text())
+    tree = ast.parse(path.read_text(encoding="utf-8"))
     is_package = path.name == "__init__.py"
     internal, external = set(), set()
     for node in ast.walk(tree):
@@ -182,7 +182,7 @@ def rules_with_commands() -> list[tuple[str, str, str | None, str]]:
     """(rule file, rule name, conda env path or None, covidmtl command) for each rule calling covidmtl."""
     found = []
     for rule_file in RULE_FILES:
-        text = rule_file.read_text()
+        text = rule_file.read_text(encoding="utf-8")
         blocks = re.split(r"^(?=(?:rule|checkpoint) \w+:)", text, flags=re.M)
         for block in blocks:
             header = re.match(r"(?:rule|checkpoint) (\w+):", block)

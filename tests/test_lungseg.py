@@ -284,7 +284,7 @@ def test_cli_writes_every_output(cli_outputs):
         assert set(np.unique(sitk.GetArrayViewFromImage(mask))) == {0, 1}
     volume, vmask = sitk.ReadImage(str(out / "lung_volume.nii.gz")), sitk.ReadImage(str(out / "lung_volume_mask.nii.gz"))
     assert volume.GetSize() == vmask.GetSize() and np.allclose(volume.GetOrigin(), vmask.GetOrigin())
-    record = json.loads((out / "metrics.json").read_text())
+    record = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert record["subject"] == "S1" and record["params"]["output"]["crop_margin_mm"] == 4
     for method in ("classical", "refined"):
         entry = record[method]
@@ -303,7 +303,7 @@ def test_cli_without_ground_truth_writes_no_metrics(tmp_path, phantom):
     # The rule always names masks/lung.nii.gz; real datasets have none.
     assert main(["--subject", "R1", "--ct", str(tmp_path / "ct.nii.gz"), "--gt-lung", str(tmp_path / "masks" / "lung.nii.gz"),
                  "--out-dir", str(out), "--no-qc"]) == 0
-    record = json.loads((out / "metrics.json").read_text())
+    record = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert record["gt_lung"] is None and record["gt_lung_missing"].endswith("lung.nii.gz")
     assert record["classical"]["metrics"] is None and record["refined"]["metrics"] is None
     assert record["refined"]["lung_volume_ml"] > 0 and (out / "lung_volume.nii.gz").is_file()
@@ -354,7 +354,7 @@ def test_table2_and_figure2_entry_points(cli_outputs, tmp_path, capsys):
     # A second subject: the same metrics under another name (the table only aggregates).
     other = tmp_path / "S2"
     other.mkdir()
-    record = json.loads((out / "metrics.json").read_text())
+    record = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     record["subject"] = "S2"
     record["classical"]["metrics"]["dice"] -= 0.01
     (other / "metrics.json").write_text(json.dumps(record))
@@ -377,7 +377,7 @@ def test_table2_and_figure2_entry_points(cli_outputs, tmp_path, capsys):
 
     other_out, other_cur = tmp_path / "out" / "S0", tmp_path / "cur" / "S0"
     shutil.copytree(out, other_out)
-    renamed = json.loads((other_out / "metrics.json").read_text())
+    renamed = json.loads((other_out / "metrics.json").read_text(encoding="utf-8"))
     renamed["subject"] = "S0"
     (other_out / "metrics.json").write_text(json.dumps(renamed))
     (other_cur / "masks").mkdir(parents=True)

@@ -54,5 +54,5 @@ def test_real_study_curates_to_1mm_lps(real_ct_dir, tmp_path):
     assert array.min() >= -1024 and array.max() <= 3071
     lung_like = (array < -400).mean()
     assert 0.2 < lung_like < 0.9
-    text = (tmp_path / "meta.json").read_text()
+    text = (tmp_path / "meta.json").read_text(encoding="utf-8")
     assert "98C14734" not in text  # the PatientID in the headers and file names

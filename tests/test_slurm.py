@@ -60,7 +60,7 @@ def requests_gpu(resources) -> bool:
 def test_only_training_rules_request_a_gpu_and_they_say_how_much_memory_and_time():
     """Convention (docs/running.md): a rule that asks for a GPU also sets mem_mb and runtime
     in the rule, above the profile's CPU defaults; the profile gives no rule a GPU."""
-    profile = yaml.safe_load((PROFILE / "config.v9+.yaml").read_text())
+    profile = yaml.safe_load((PROFILE / "config.v9+.yaml").read_text(encoding="utf-8"))
     assert "gpu" not in profile["default-resources"] and "gres" not in profile["default-resources"]
     assert not any("gpu" in str(v) for v in (profile.get("set-resources") or {}).values())
     defaults = profile["default-resources"]
@@ -228,7 +228,7 @@ def test_gpu_rule_is_granted_a_gpu_and_cpu_rule_is_not(slurm_cluster, tmp_path):
     assert (cpu["MinMemoryNode"], cpu["TimeLimit"]) == ("4000M", "01:00:00")
     assert gpu["JobName"] == cpu["JobName"] and gpu["JobName"].startswith("covidmtl_")
     # inside the jobs: SLURM's job id, and the granted GPU made visible to CUDA
-    seen = {name: dict(re.findall(r"(\w+)=(\S*)", (tmp_path / f"{name}.txt").read_text()))
+    seen = {name: dict(re.findall(r"(\w+)=(\S*)", (tmp_path / f"{name}.txt").read_text(encoding="utf-8")))
             for name in ("gpu", "cpu")}
     assert seen["gpu"]["SLURM_JOB_ID"] == records["train_on_gpu"]["slurm_id"]
     assert seen["cpu"]["SLURM_JOB_ID"] == records["cpu_step"]["slurm_id"]

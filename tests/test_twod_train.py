@@ -140,7 +140,7 @@ def test_training_outputs_have_the_project_layout(runs):
     seg = pd.read_csv(runs["mga_seg_hmsa"] / "seg_metrics.csv")
     assert {"dice", "iou", "precision", "recall"} <= set(seg.columns) and len(seg)
     assert pd.read_csv(runs["mga_seg_hmsa"] / "predictions.csv").empty
-    m = json.loads((runs["mga"] / "metrics.json").read_text())
+    m = json.loads((runs["mga"] / "metrics.json").read_text(encoding="utf-8"))
     assert m["guide_source"] == "predicted" and m["segmenter_variant"] == "mga_seg_hmsa"
     assert {"accuracy", "auc", "sensitivity", "specificity", "f1"} <= set(m["classification"])
     assert m["sec_per_batch"] > 0 and m["mga_stage"] == 2
@@ -148,7 +148,7 @@ def test_training_outputs_have_the_project_layout(runs):
     assert {"train_loss_cls", "train_loss_mga", "val_loss_mga", "log_var_cls", "log_var_mga"} <= set(hist.columns)
     hist = pd.read_csv(runs["amyar_mtl_binary"] / "history.csv")
     assert {"train_loss_rec", "train_loss_seg", "train_loss_cls", "val_dice", "val_auc"} <= set(hist.columns)
-    small = json.loads((runs["mga_f50"] / "metrics.json").read_text())
+    small = json.loads((runs["mga_f50"] / "metrics.json").read_text(encoding="utf-8"))
     assert small["n_patients"]["train"] < m["n_patients"]["train"] and small["n_slices"]["test"] == m["n_slices"]["test"]
     model, spec, _ = rebuild_model(load_model_file(runs["mga"] / "model.pt"))
     assert spec.name == "mga" and model(image=torch.rand(1, 1, 32, 32))["label"].shape == (1, 3)
@@ -205,7 +205,7 @@ def test_early_stopping_stops_and_keeps_the_best_epoch(slices_index, tmp_path):
     params = {**PARAMS, "train": {**PARAMS["train"], "max_epochs": 10, "min_delta": 1000.0},
               "amyar": {**PARAMS["amyar"], "patience": 2}}
     assert train(slices_index, "cnn8_binary", tmp_path / "es", params) == 0
-    m = json.loads((tmp_path / "es" / "metrics.json").read_text())
+    m = json.loads((tmp_path / "es" / "metrics.json").read_text(encoding="utf-8"))
     assert m["stopped_early"] and m["epochs"] == 3 and m["best_epoch"] == 1
 
 

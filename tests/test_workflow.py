@@ -57,5 +57,5 @@ def test_smoke_dag_runs_end_to_end(tmp_path):
     # no DICOM identifiers reach results/
     for path in results.rglob("*"):
         if path.is_file() and path.suffix in {".csv", ".json", ".md", ".log", ".tsv"}:
-            text = path.read_text(errors="ignore")
+            text = path.read_text(encoding="utf-8", errors="ignore")
             assert "MRN" not in text and "SYNTHETIC^PATIENT" not in text, path

@@ -33,7 +33,7 @@ def _with_defaults(validator_class):
 
 
 def load_schema(path: Path = SCHEMA_PATH) -> dict:
-    return yaml.safe_load(Path(path).read_text())
+    return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
 
 
 def deep_update(base: dict, override: dict) -> dict:
@@ -59,7 +59,7 @@ def load_config(paths: Iterable[str | Path] = (), overrides: dict | None = None)
     """Merge YAML files in order (later wins), then ``overrides``; validate and fill defaults."""
     config: dict[str, Any] = {}
     for path in paths:
-        config = deep_update(config, yaml.safe_load(Path(path).read_text()) or {})
+        config = deep_update(config, yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {})
     if overrides:
         config = deep_update(config, overrides)
     return validate(config)

@@ -104,7 +104,7 @@ def load_registry(path: str | Path) -> dict[str, DatasetSpec]:
         raise PipelineInputError(STAGE, "dataset registry not found", None, path,
                                  "pass --registry config/datasets.yaml (run from the repository root)")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise _registry_error(path, f"not valid YAML ({err})") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("datasets"), dict):
@@ -177,7 +177,7 @@ class LockFile:
         if not self.path.exists():
             return {}
         try:
-            return json.loads(self.path.read_text() or "{}")
+            return json.loads(self.path.read_text(encoding="utf-8") or "{}")
         except json.JSONDecodeError as err:
             raise PipelineInputError(STAGE, f"the checksum lock file is not valid JSON ({err})", None, self.path,
                                      "restore it from version control or delete it to record checksums anew") from None

@@ -21,7 +21,7 @@ MANIFEST_COLUMNS = [
 
 
 def manifest_row(meta_path: Path) -> dict:
-    meta = json.loads(Path(meta_path).read_text())
+    meta = json.loads(Path(meta_path).read_text(encoding="utf-8"))
     subject_dir = Path(meta_path).parent
     row = {k: v for k, v in meta.items() if k != "acquisition"}
     row["ct_path"] = str(subject_dir / "ct.nii.gz")

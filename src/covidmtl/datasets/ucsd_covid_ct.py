@@ -48,7 +48,7 @@ def read_splits(split_dir: Path) -> dict[tuple[str, str], str]:
             if not path.is_file():
                 raise input_error(DATASET, f"official split list {path.relative_to(split_dir.parent)} is missing",
                                   path, "download the whole repository (Data-split/ included)")
-            for line in path.read_text().splitlines():
+            for line in path.read_text(encoding="utf-8").splitlines():
                 name = line.strip()
                 if not name:
                     continue

@@ -79,7 +79,7 @@ def discover_volumes(volumes_dir: str | Path | None = None, volume_files: Sequen
         if not list_path.is_file():
             raise PipelineInputError(STAGE, "the volume list file does not exist", path=list_path,
                                      hint="write one volume path per line (or subject_id,path)")
-        for raw in list_path.read_text().splitlines():
+        for raw in list_path.read_text(encoding="utf-8").splitlines():
             line = raw.strip()
             if not line or line.startswith("#"):
                 continue

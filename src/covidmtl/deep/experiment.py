@@ -174,7 +174,7 @@ def result_model(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def _cached_intensity(out_dir: Path, fingerprint: str, data, loader: VolumeLoader, workers: int) -> tuple[float, float]:
     path = out_dir / "intensity.json"
     if path.exists():
-        cached = json.loads(path.read_text())
+        cached = json.loads(path.read_text(encoding="utf-8"))
         if cached.get("fingerprint") == fingerprint:
             return float(cached["mean"]), float(cached["std"])
     log.info("computing intensity statistics of %d training volumes", len(data.train))

@@ -62,7 +62,7 @@ def load_runs(run_dirs: list[Path]) -> dict[str, dict]:
         if not mpath.is_file():
             log.warning("%s: no metrics.json (run not finished?); left out", d)
             continue
-        metrics = json.loads(mpath.read_text())
+        metrics = json.loads(mpath.read_text(encoding="utf-8"))
         variant = metrics["variant"]
         if variant in runs:
             raise ValueError(f"variant {variant} appears twice ({runs[variant]['dir']} and {d})")

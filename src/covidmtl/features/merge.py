@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError("features.max_nonfinite_fraction must be within [0, 1]")
     inputs = list(args.inputs)
     if args.inputs_from:
-        inputs += [line.strip() for line in Path(args.inputs_from).read_text().splitlines() if line.strip()]
+        inputs += [line.strip() for line in Path(args.inputs_from).read_text(encoding="utf-8").splitlines() if line.strip()]
     manifest = pd.read_csv(args.manifest, dtype={"subject_id": str, "patient_id": str})
     table, diagnostics, qc = merge_features(collect_rows(inputs), manifest, max_frac)
     write_outputs(table, diagnostics, qc, args.out_stem, args.qc)

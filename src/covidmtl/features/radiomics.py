@@ -104,7 +104,7 @@ def load_params(params_file: str | Path) -> RadiomicsParams:
     """Read and check a parameter file (see ``config/radiomics.yaml``)."""
     path = Path(params_file)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as err:
         raise PipelineInputError(
             stage=STAGE, path=path, reason=f"cannot read the PyRadiomics parameter file ({err})",

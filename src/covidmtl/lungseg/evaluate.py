@@ -32,7 +32,7 @@ def per_subject_metrics(metrics_paths: list[str | Path]) -> pd.DataFrame:
     ground truth are left out)."""
     rows = []
     for path in metrics_paths:
-        record = json.loads(Path(path).read_text())
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
         for method in METHODS:
             metrics = (record.get(method) or {}).get("metrics")
             if not metrics:

@@ -185,7 +185,7 @@ def figure2_panel(subject: str, subject_dir: str | Path, curated_dir: str | Path
     dice = None
     metrics_path = subject_dir / "metrics.json"
     if metrics_path.is_file():
-        record = json.loads(metrics_path.read_text())
+        record = json.loads(metrics_path.read_text(encoding="utf-8"))
         subject = record.get("subject", subject)
         dice = {m: (record.get(m) or {}).get("metrics", {}) and record[m]["metrics"].get("dice") for m in ("classical", "refined")}
         if not any(dice.values()):

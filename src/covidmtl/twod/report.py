@@ -64,7 +64,7 @@ def load_runs(run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
         if not mpath.is_file():
             log.warning("%s: no metrics.json (run missing or unfinished); left out", d)
             continue
-        metrics = json.loads(mpath.read_text())
+        metrics = json.loads(mpath.read_text(encoding="utf-8"))
         run: dict[str, Any] = {"dir": d, "metrics": metrics, "variant": metrics["variant"],
                                "fraction": float(metrics.get("train_fraction") or 1.0)}
         run["history"] = pd.read_csv(d / "history.csv") if (d / "history.csv").is_file() else None

@@ -245,6 +245,33 @@ def test_threshold_misses_subpleural_lesions():
     assert (missed & border).sum() > 0.2 * missed.sum()
 
 
+@pytest.mark.slow
+def test_active_contour_refinement_recovers_subpleural_lesions():
+    """COVID-MTL Table 2: the active-contour refinement (Algorithm 1) bridges the small dense
+    subpleural lesions that the -320 HU threshold cuts out of the lung outline, so its Dice
+    against the ground truth beats the classical one on COVID subjects.  Small phantoms on a
+    grid fine enough for their size: Algorithm 1's snake works in pixels, and on coarse grids
+    (e.g. the demo's 1.5 mm at size_scale 0.5) its smoothing of the normal anatomy outweighs
+    the recovered lesions."""
+    from covidmtl.curate import resample_ct, resample_mask_like
+    from covidmtl.lungseg import LungSegParams, classical_segmentation, refine_with_active_contours, segmentation_metrics
+
+    params = PhantomParams(size_scale=0.3, inplane_spacing_mm=(0.5, 0.6), slice_spacing_mm=(1.0, 1.5))
+    seg = LungSegParams.from_dict({"classical": {"min_lung_volume_ml": 5.0}})
+    gains = []
+    for stage, seed in (("severe", 0), ("severe", 1), ("critically_ill", 0)):
+        s = _covid(stage, seed, params=params)
+        ct = resample_ct(s.ct, (0.75, 0.75, 0.75))
+        gt = resample_mask_like(s.lung_mask, ct)
+        initial = classical_segmentation(ct, seg)
+        refined = refine_with_active_contours(ct, initial, seg, threads=1)
+        d_classical = segmentation_metrics(initial, gt)["dice"]
+        d_refined = segmentation_metrics(refined, gt)["dice"]
+        assert d_refined > d_classical, (stage, seed, d_classical, d_refined)
+        gains.append(d_refined - d_classical)
+    assert np.mean(gains) > 0.005, gains
+
+
 # --------------------------------------------------------------------------- airways
 def test_trachea_outside_lung_and_connected_to_it():
     params = PhantomParams(size_scale=0.35, inplane_spacing_mm=(0.7, 0.7), slice_spacing_mm=(1.5, 1.5))

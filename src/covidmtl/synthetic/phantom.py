@@ -18,36 +18,48 @@ Geometry / orientation
     with a fixed matrix s is drawn from [max(lo, FOV/matrix), hi] (the body is
     cropped only if even ``hi`` cannot cover it).  Slices of 3 mm and more
     are rendered as the average of 3 (>= 6 mm: 5) thin sub-slices (partial
-    volume);
-    the masks are sampled at the slice centre.  Coverage ~300 mm at scale 1
-    (lungs ~250 mm + upper abdomen below + lower neck above).
+    volume); the masks follow the same sub-slices: a voxel is lung (lesion)
+    where most of its sub-slices are, so that mask and image agree at the
+    lung bases and apices.  Coverage ~300 mm at scale 1 (lungs ~250 mm +
+    upper abdomen below + lower neck above).
 
 Anatomy (scale 1, all lengths x size_scale; per subject: body size x0.9-1.1,
 women x0.93, lung height x0.92-1.08, body shifted +-25 mm (x) / +-15 mm (y))
     air -1000 HU; curved patient table 160 HU, 9 mm, 0-5 mm air gap under the
     (slightly flattened) back; elliptical body ~330 x 226 mm, slowly varying
     with z, with subcutaneous fat -100 HU (9-35 mm, more in women and with
-    age; breasts in women) and muscle +45 HU (thicker anteriorly / posteriorly,
-    paraspinal muscles; shoulder soft tissue narrows the upper rib cage);
+    age; breasts in women; 70 % of the fat beyond 12 mm enlarges the body
+    rather than shrinking the rib cage) and muscle +45 HU (thicker
+    anteriorly / posteriorly, paraspinal muscles; shoulder soft tissue
+    narrows the upper rib cage);
     12 oblique rib pairs (cortex +800, marrow +330, anterior costal cartilage
     +110), sternum, scapulae, thoracic spine (vertebral bodies: cortex +800,
     marrow 300..400 HU decreasing with age, discs +85, canal +22, posterior
-    elements +620); mediastinum +30 HU; heart ellipsoid +40 HU (top ~1.5
-    vertebral levels below the carina, resting on the diaphragm, rotated and
-    shifted left: the left lung is smaller) with an epicardial fat shell
-    -85 HU; ascending aorta, arch (bulging left, notching the left upper lung)
-    and descending aorta +42 HU in a fat sleeve; pulmonary trunk and arteries;
+    elements +620); mediastinum +30 HU; heart +40 HU (ellipsoidal, top ~1.5
+    vertebral levels below the carina, rotated and shifted left: the left
+    lung is smaller; below its equator it keeps the equator's cross-section
+    down to the diaphragm (it rests on it: no lung under the heart), above
+    it tapers as a flattened ellipsoid) with an epicardial fat shell -85 HU;
+    ascending aorta, arch (bulging left, notching the left upper lung) and
+    descending aorta +42 HU in a fat sleeve (left of the spine below the
+    arch, moving medially onto the front of the vertebral bodies toward the
+    diaphragm; para-aortic fat fills the convex hull of aorta, oesophagus and
+    vertebral body, so the left lung passes smoothly from the aorta to the
+    spine); pulmonary trunk and arteries;
     oesophagus (sometimes with air); liver +58 HU and upper abdomen +32 HU
     below the diaphragm (gastric air bubble with p = 0.4); trachea (radius
-    ~8 mm, wall ~2 mm) from the top slice to the carina (31 % of the lung
-    height below the apex), main bronchi from the carina to the hila
+    ~8 mm x size_scale ** 0.15, not x size_scale: airway tracking tuned to
+    adult scans still finds it on the coarse grids of small phantoms; wall
+    ~2 mm) from the top slice to the carina (31 % of the lung height below
+    the apex), main bronchi from the carina to the hila
     (mediastinal part forced out of the lung), continuing as open-ended lobar
     bronchi inside the lung: the airway air IS connected to the lung air (for
     slices thin enough to resolve the bronchi).
     Lungs: cavity inside the rib cage minus mediastinum (width varying with
     AP position and height), spine, heart and aorta; above dome-shaped
     diaphragms (domes 25 % of the lung height above the posterior
-    costophrenic recesses, right dome higher); ellipsoidal apical caps; each
+    costophrenic recesses, right dome higher; broad and flat-topped as in
+    inspiration, steep toward the recesses); ellipsoidal apical caps; each
     lung one connected component; ~5 L at scale 1 (x size_scale**3).
     Parenchyma -862 HU (+-15 per subject, -0.6 HU per year of age above 50),
     smooth texture (+-12 HU) and a gravity gradient (+30..60 HU toward the
@@ -64,42 +76,64 @@ Lesions (the planted effects; follow the four DeepSC-COVID findings)
     mask is the half-maximum level of a soft edge (0.85-1.55 mm at scale
     <= 0.6, 1.4-2.6 mm at scale 1; x0.6 for consolidation / mixed); vessels stay visible through lesions
     (max rule), airway lumina stay air and are not lesion (air bronchograms).
-    Planned volumes are met exactly (the level set is chosen to reach the
-    planned voxel count inside the lung; overlap with earlier lesions is
-    carried over to the next lesion); a voxel shared by two lesions belongs
-    to the denser one.
+    Planned volumes are met (the level set is chosen to reach the planned
+    voxel count inside the lung; the nodules of a COVID lesion, below, come
+    on top; a shortfall - overlap with earlier lesions, a nodule cluster
+    limited by the room at the pleura - is carried over to the next lesion);
+    a voxel shared by two lesions belongs to the denser one.
     Kinds and HU (target mean of the lesion voxels before PSF / slice
     averaging; the measured mean of the final image is stored in
     ``lesions[i]['mean_hu']`` and is lower for small lesions by partial
     volume at their edges):
       ggo            COVID: N(-570, 60) clipped to [-680, -420], "dense GGO"
                      -400..-350; CAP: N(-560, 60); texture 30-60 HU
-      consolidation  COVID: -70..+30, CAP: -40..+40 (interior <= +55 HU);
+      consolidation  COVID: -120..+30, CAP: -40..+40 (interior <= +55 HU);
                      texture 15-30 HU
-      mixed          consolidated core (inner 45-70 % of the radius) with a
+      mixed          COVID subpleural: a GGO patch with consolidated nodules
+                     at its pleural side (below); otherwise a consolidated
+                     core (inner 45-70 % of the radius, CAP 70-88 %) with a
                      GGO rim
     COVID-19 (diagnosis3 'covid19'), by morbidity:
-      =================  ========  ================  ======================
-      morbidity          lesions   % of lung volume  kinds ggo/mixed/cons
-      =================  ========  ================  ======================
-      suspected          1-3       0.5-2             0.90 / 0.10 / 0.00
-      mild               2-5       2-5               0.75 / 0.20 / 0.05
-      regular            4-9       5-12              0.60 / 0.30 / 0.10
-      severe             8-15      12-25             0.45 / 0.35 / 0.20
-      critically_ill     12-20     20-40             0.30 / 0.40 / 0.30
-      =================  ========  ================  ======================
+      =================  ========  ================  ==================  =========
+      morbidity          lesions   % of lung volume  kinds ggo/mix/cons  confluent
+      =================  ========  ================  ==================  =========
+      suspected          1-3       0.5-2             0.90 / 0.10 / 0.00  0
+      mild               2-5       2-5               0.75 / 0.20 / 0.05  0
+      regular            5-10      5-12              0.62 / 0.30 / 0.08  0
+      severe             9-15      12-25             0.50 / 0.35 / 0.15  <= 1
+      critically_ill     14-24     20-40             0.35 / 0.40 / 0.25  <= 2
+      =================  ========  ================  ==================  =========
+      Burden grows with severity mainly through MORE lesions and more GGO.
       Sizes log-normal (sigma 0.7: large size spread).  85 % (suspected 75 %)
-      planned SUBPLEURAL: blobs flattened along the pleura (tangential axes
-      1.0-2.2 x the normal one), centred 0-35 % of their thickness inside
-      the costal / diaphragmatic pleura, so the (dense) core abuts the chest
-      wall; the rest peripheral but not touching.  Sites weighted toward the
-      posterior and lower lung (exp(1.8 v) exp(-1.5 h), v: AP position
-      relative to the cavity, h: relative height); bilateral (the side
-      alternates with probability 0.65).  From 'mild' upward the 2/3/4/5
-      largest lesions (mild/regular/severe/critically_ill) are subpleural and
-      dense (mixed or consolidation; for mild one mixed + one dense GGO) so
-      that a -320 HU threshold clearly under-segments the lung at the chest
-      wall.  'covid19' with morbidity 'control' is treated as 'suspected'.
+      planned SUBPLEURAL: patches flattened along the pleura (tangential axes
+      1.0-2.2 x the normal one), centred 0-35 % of their thickness inside the
+      costal / diaphragmatic pleura; the rest peripheral but not touching.
+      Sites weighted toward the posterior and lower lung (exp(1.2 v)
+      exp(-1.0 h), v: AP position relative to the cavity, h: relative
+      height); bilateral (the side alternates with probability 0.65).
+      The dense (> -320 HU) subpleural parts are mostly small consolidated
+      NODULES abutting the pleura: ellipsoids (scale 1: tangential semi-axis
+      4-8.5 mm, x1-1.5 along z, normal semi-axis 4-8 mm) centred 45-80 % of
+      their normal semi-axis inside the pleura, i.e. touching it over ~5-15 mm
+      and reaching ~6-14 mm deep, separated by >= 4 mm (+ 1 pixel) of lung or
+      GGO; nodule sizes shrink only as size_scale ** 0.3 (a lesion's size is a
+      property of the disease, not of the body; fully scaled nodules would be
+      a few pixels on the demo's grids).  They sit only where a ball of radius
+      25 mm x size_scale inside the lung touches the pleura (not in the thin
+      tips of the recesses or in the lung's corners, where a dense nodule
+      would cut the tip off).  A subpleural 'mixed' lesion is a GGO patch
+      with nodules worth 15-30 % of its volume under it; a subpleural
+      'consolidation' is a cluster of nodules (no GGO) spread under a
+      pleural footprint ~2x its volume.  At a -320 HU threshold each nodule
+      is a narrow bite in the lung outline, which the 10 mm closing + active
+      contour of COVID-MTL Algorithm 1 bridges; severe / critically ill also
+      have at most 1 / 2 confluent subpleural consolidations (solid, capped
+      at 0.6-1.2 % of the lung, the excess going to the next lesion), which
+      it does not.  From 'mild' upward the 2/3/4/5 largest lesions
+      (mild/regular/severe/critically_ill) are subpleural and dense (mixed or
+      consolidation; for mild one mixed + one dense GGO) so that a -320 HU
+      threshold clearly under-segments the lung at the chest wall.  'covid19'
+      with morbidity 'control' is treated as 'suspected'.
     Community-acquired pneumonia (diagnosis3 'cap', any morbidity): 1-3
       lesions (p = 0.45, 0.35, 0.20), 3-8 % of the lung in total, sizes
       log-normal (sigma 0.35), unilateral with p = 0.7 (right 60 %); kinds
@@ -107,7 +141,8 @@ Lesions (the planted effects; follow the four DeepSC-COVID findings)
       GGO clusters); lobar-ish unions of 2-3 vertically elongated ellipsoids
       placed CENTRALLY: centre at least the lesion radius (+ margin) deep,
       sites weighted by exp(-distance to hilum / 45 mm), and lesion voxels
-      kept > max(slice, pixel) spacing away from any pleura: never subpleural.
+      kept > max(slice (+ sub-slice), pixel) spacing away from any pleura:
+      never subpleural.
     Normal: no lesions.
     Per-lesion record (plain Python types): kind, side ('right' = patient
     right = small x), center_mm (physical x, y, z of the voxel centroid),
@@ -126,6 +161,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 from scipy import sparse
+from skimage.morphology import convex_hull_image
 
 __all__ = ["PhantomParams", "SyntheticCT", "generate_subject", "MORBIDITIES", "DIAGNOSES"]
 
@@ -166,14 +202,20 @@ _TEX[[FAT, MUSCLE, GLAND, MEDIAST, MEDFAT, HEART, AORTA, LIVER, ABD, LUNG, MARRO
     8, 7, 25, 10, 8, 4, 3, 5, 10, 12, 45, 40, 60)
 
 _COVID = {
-    #                 count     fraction of lung   P(ggo, mixed, consolidation)  forced dense  P(subpleural)
-    "suspected": ((1, 3), (0.005, 0.02), (0.90, 0.10, 0.00), 0, 0.75),
-    "mild": ((2, 5), (0.02, 0.05), (0.75, 0.20, 0.05), 2, 0.85),
-    "regular": ((4, 9), (0.05, 0.12), (0.60, 0.30, 0.10), 3, 0.85),
-    "severe": ((8, 15), (0.12, 0.25), (0.45, 0.35, 0.20), 4, 0.85),
-    "critically_ill": ((12, 20), (0.20, 0.40), (0.30, 0.40, 0.30), 5, 0.85),
+    #                 count     fraction of lung   P(ggo, mixed, consolidation)  forced dense  P(subpleural)  confluent
+    "suspected": ((1, 3), (0.005, 0.02), (0.90, 0.10, 0.00), 0, 0.75, 0),
+    "mild": ((2, 5), (0.02, 0.06), (0.75, 0.20, 0.05), 2, 0.85, 0),
+    "regular": ((5, 10), (0.06, 0.15), (0.62, 0.30, 0.08), 3, 0.85, 0),
+    "severe": ((9, 15), (0.15, 0.30), (0.50, 0.35, 0.15), 4, 0.85, 1),
+    "critically_ill": ((14, 24), (0.25, 0.45), (0.35, 0.40, 0.25), 5, 0.85, 2),
 }
 _KINDS = ("ggo", "mixed", "consolidation")
+# consolidated nodules abutting the pleura ("bites" of the lung outline at a -320 HU threshold),
+# at scale 1: tangential semi-axis w and normal semi-axis d (mm), gap between neighbours (mm);
+# their size shrinks only as size_scale ** 0.3 (a lesion's size is a property of the disease,
+# not of the body; a fully scaled nodule would be a few pixels on the demo's coarse grids).
+# open: radius (mm, x size_scale) of a ball inside the lung that must touch the pleura there.
+_FOCUS = dict(w=(4.0, 8.5), d=(4.0, 8.0), gap=4.0, open=25.0, size_exp=0.3)
 _VESSEL_HU = 40.0
 
 
@@ -274,6 +316,12 @@ class _Phantom:
         self.B_post = 118 * s * fb * rng.uniform(0.92, 1.08)
         self.fat0 = s * (9 + 0.15 * max(self.age - 25, 0) + (6 if f else 0)) * rng.uniform(0.6, 1.5)
         self.mus0 = s * rng.uniform(8, 12) * (0.85 if f else 1.0) * (1 - 0.004 * max(self.age - 40, 0))
+        # subcutaneous fat mostly adds to the body outline (the rib cage of an obese patient is
+        # not much smaller), so that the lungs of small, obese subjects stay lungs
+        extra = 0.7 * (self.fat0 - 12 * s)
+        self.A += extra
+        self.B_ant += extra
+        self.B_post += extra
         self.trib = 9 * s
         self.Ac = self.A - (self.fat0 + self.mus0 + self.trib)
         self.Bca = self.B_ant - (self.fat0 + 1.5 * self.mus0 + self.trib)
@@ -340,7 +388,10 @@ class _Phantom:
         self.Rc = 7 * s
         self.Pv = 25 * s * fl
         self.v_phase = rng.uniform(0, self.Pv)
-        self.R_tr = 8 * s * rng.uniform(0.9, 1.1) * (0.9 if f else 1.0)
+        # the airway calibre barely shrinks with size_scale, so that the trachea stays an air
+        # tube of adult-like cross-section (>~ 6 mm radius) that airway tracking tuned to adult
+        # scans resolves on the coarse grids of the small-scale demo
+        self.R_tr = 8 * s ** 0.15 * rng.uniform(0.9, 1.1) * (0.93 if f else 1.0)
         self.tw = max(2.0 * s, 0.6 * sp)
         self.u_tr = -2 * s
         self.v_tr = self.v_vb - self.Rv - 16 * s - self.R_tr
@@ -421,9 +472,11 @@ class _Phantom:
         for side, m in ((1, UU < 0), (2, UU >= 0)):
             su = sig * UU
             wd = self.w_dome[side]
-            q = ((su - 0.45 * self.Ac) / (0.62 * self.Ac)) ** 2 + ((VV + 0.15 * Bc) / (0.95 * Bc)) ** 2
+            # broad, flat-topped domes (inspiration): wide iso-height contours, steep toward the
+            # recesses (q ** 1.6), so that the dome's apex is not a small island in the lung
+            q = ((su - 0.45 * self.Ac) / (0.8 * self.Ac)) ** 2 + ((VV + 0.15 * Bc) / (1.05 * Bc)) ** 2
             q = q + 0.5 * np.clip(VV / (0.95 * Bc), 0, 1) ** 2
-            d = np.maximum(wd - (wd - self.w_base) * q, self.w_base)
+            d = np.maximum(wd - (wd - self.w_base) * q ** 1.6, self.w_base)
             qq = ((su - 0.5 * self.Ac) / (0.56 * self.Ac)) ** 2 + ((VV - 0.1 * Bc) / (1.0 * Bc)) ** 2
             mm = np.broadcast_to(m, D.shape)
             D[mm] = np.broadcast_to(d, D.shape)[mm]
@@ -456,10 +509,22 @@ class _Phantom:
                            & (self.absU >= self.Rc) & (self.absU < self.Rc + 20 * s))
         self.spine_col = (r_vb < self.Rv + 4 * s) | ((self.absU < self.Rv + 5 * s) & (VV > self.v_vb))
         # vertical tubes
-        self.r_da = np.hypot(UU - self.u_da, VV - self.v_da).astype(np.float32)
         self.r_aa = np.hypot(UU - self.u_aa, VV - self.v_aa).astype(np.float32)
         self.r_es = np.hypot(UU - self.u_es, VV - self.v_es).astype(np.float32)
         self.r_tr = np.hypot(UU - self.u_tr, VV - self.v_tr).astype(np.float32)
+        # descending aorta: left of the spine below the arch, moving medially onto the front of
+        # the vertebral bodies toward the aortic hiatus (a few precomputed positions).  Para-aortic
+        # fat fills the convex hull of the aorta (with its sleeve), the oesophagus and the
+        # vertebral body, so that the left lung passes smoothly over the aorta to the spine
+        # instead of dipping into deep notches in front of and behind it.
+        self.da_levels = []
+        for t in np.linspace(0.0, 1.0, 8):
+            cu = (1 - t) * self.u_da + t * 0.45 * self.Rv
+            cv = (1 - t) * self.v_da + t * (self.v_vb - self.Rv + 0.2 * self.R_da)
+            r_da = np.hypot(UU - cu, VV - cv).astype(np.float32)
+            union = (r_da < self.R_da + 2.5 * s) | (self.r_es < self.R_es) | (np.hypot(UU, VV - self.v_vb) < self.Rv + 4 * s)
+            hull = convex_hull_image(union) & (UU > 0)  # left side only
+            self.da_levels.append((r_da, hull))
         # mediastinal widening (superior mediastinum, anterior)
         self.med_ant = (12 * s * np.clip(-self.V1 / (40 * s), 0, 1)).astype(np.float32)
         self.med_w = (self.m0 * (0.72 + 0.38 * np.exp(-((self.V1 - self.v_tr) / (35 * s)) ** 2))).astype(np.float32)
@@ -542,10 +607,15 @@ class _Phantom:
             c[self.spine_col & cav] = MEDIAST
             sd[self.spine_col] = 0
             if w < self.w_arch:
-                sl = (self.r_da < self.R_da + 2.5 * s) & cav
+                t = float(_smoothstep((self.w_arch - w) / max(self.w_arch - self.w_base, 1e-6)))
+                r_da, hull = self.da_levels[int(round(t * (len(self.da_levels) - 1)))]
+                sl = hull & cav & (sd > 0)
                 c[sl] = MEDFAT
                 sd[sl] = 0
-                c[(self.r_da < self.R_da) & cav] = AORTA
+                sl = (r_da < self.R_da + 2.5 * s) & cav
+                c[sl] = MEDFAT
+                sd[sl] = 0
+                c[(r_da < self.R_da) & cav] = AORTA
             if self.w_aa0 < w < self.w_arch:
                 sl = (self.r_aa < self.R_aa + 2.5 * s) & cav
                 c[sl] = MEDFAT
@@ -639,7 +709,10 @@ class _Phantom:
         a = h["a"]
         shell = max(3 * s, 0.8 * self.sp)
         ext = a.max() + shell
-        box = self._box(np.array([h["u"] - ext, h["v"] - ext, h["w"] - a[2] - shell]),
+        # The heart rests on the diaphragm: below its equator its cross-section stays that of
+        # the equator down to the diaphragm (flat diaphragmatic surface, no lung under the
+        # heart); above it the profile is a flattened (4th power) ellipsoid toward the base.
+        box = self._box(np.array([h["u"] - ext, h["v"] - ext, self.w_base - shell]),
                         np.array([h["u"] + ext, h["v"] + ext, h["w"] + a[2] + shell]))
         if box is not None:
             sl, W, V, U = box
@@ -649,8 +722,9 @@ class _Phantom:
             pb = du * sb + dv * cb
             c, sd = self.cls[sl], self.side[sl]
             ok = np.isin(c, (MEDIAST, LUNG, MEDFAT))
-            q_shell = (pa / (a[0] + shell)) ** 2 + (pb / (a[1] + shell)) ** 2 + (dw / (a[2] + shell)) ** 2
-            q = (pa / a[0]) ** 2 + (pb / a[1]) ** 2 + (dw / a[2]) ** 2
+            up = np.maximum(dw, 0)
+            q_shell = (pa / (a[0] + shell)) ** 2 + (pb / (a[1] + shell)) ** 2 + (up / (a[2] + shell)) ** 4
+            q = (pa / a[0]) ** 2 + (pb / a[1]) ** 2 + (up / a[2]) ** 4
             m = ok & (q_shell < 1)
             c[m] = MEDFAT
             sd[m] = 0
@@ -958,13 +1032,15 @@ class _Phantom:
         pleft = self.V_lung[2] / Vtot
         if self.diag == "covid19":
             morb = self.morb if self.morb in _COVID else "suspected"
-            (n_lo, n_hi), (f_lo, f_hi), pk, n_dense, p_sub = _COVID[morb]
+            (n_lo, n_hi), (f_lo, f_hi), pk, n_dense, p_sub, n_confluent = _COVID[morb]
             n = int(rng.integers(n_lo, n_hi + 1))
             frac = rng.uniform(f_lo, f_hi)
             rel = rng.lognormal(0.0, 0.7, n)
             vols = np.sort(frac * Vtot * rel / rel.sum())[::-1]
             side = 2 if rng.random() < pleft else 1
             n_dense_done = 0
+            n_conf_done = 0
+            carry = 0.0  # volume taken off capped confluent consolidations, given to the next lesions
             for i in range(n):
                 if i > 0:
                     if rng.random() < 0.65:
@@ -982,7 +1058,23 @@ class _Phantom:
                     elif kind == "ggo":
                         kind = "mixed"
                     n_dense_done += 1
-                plans.append(self._lesion_hu(dict(kind=kind, side=side, volume=float(vols[i]), subpleural=sub,
+                vol = float(vols[i]) + carry
+                carry = 0.0
+                # form: how the dense part is laid out (see the module docstring)
+                if kind == "ggo":
+                    form = "patch"
+                elif kind == "mixed":
+                    form = "foci_in_patch" if sub else "core"
+                elif not sub:
+                    form = "solid"
+                elif n_conf_done < n_confluent and rng.random() < 0.6:
+                    form = "solid"  # a (rarer) confluent subpleural consolidation, capped in size
+                    n_conf_done += 1
+                    cap = Vtot * rng.uniform(0.006, 0.012)
+                    carry, vol = max(vol - cap, 0.0), min(vol, cap)
+                else:
+                    form = "cluster"
+                plans.append(self._lesion_hu(dict(kind=kind, form=form, side=side, volume=vol, subpleural=sub,
                                                   dense_ggo=dense_ggo, disease="covid19")))
         else:  # cap
             n = int(rng.choice([1, 2, 3], p=[0.45, 0.35, 0.20]))
@@ -994,7 +1086,8 @@ class _Phantom:
             for i in range(n):
                 side = side0 if (unilateral or i == 0) else (2 if rng.random() < pleft else 1)
                 kind = _KINDS[int(rng.choice(3, p=[0.1, 0.4, 0.5]))]
-                plans.append(self._lesion_hu(dict(kind=kind, side=side, volume=float(vols[i]), subpleural=False,
+                form = {"ggo": "patch", "mixed": "core", "consolidation": "solid"}[kind]
+                plans.append(self._lesion_hu(dict(kind=kind, form=form, side=side, volume=float(vols[i]), subpleural=False,
                                                   dense_ggo=False, disease="cap")))
         return plans
 
@@ -1005,12 +1098,17 @@ class _Phantom:
             g = rng.uniform(-400, -350)
         else:
             g = float(np.clip(rng.normal(-570 if covid else -560, 60), -680, -420))
-        cons = rng.uniform(-70, 30) if covid else rng.uniform(-40, 40)
+        cons = rng.uniform(-120, 30) if covid else rng.uniform(-40, 40)
         pl["T_ggo"], pl["T_cons"] = g, cons
-        pl["f_core"] = rng.uniform(0.3, 0.55)
+        # mixed: consolidated core = inner (1 - f_core) of the radius (CAP: mostly consolidated)
+        pl["f_core"] = rng.uniform(0.3, 0.55) if covid else rng.uniform(0.12, 0.3)
         pl["edge_mm"] = max(1.2, 2.0 * self.s) * rng.uniform(0.7, 1.3) * (1.0 if pl["kind"] == "ggo" else 0.6)
         pl["tex_amp"] = rng.uniform(30, 60) if pl["kind"] == "ggo" else rng.uniform(15, 30)
         pl["deform"] = rng.uniform(0.15, 0.3) if covid else rng.uniform(0.2, 0.35)
+        if pl["form"] == "foci_in_patch":
+            pl["f_dense"] = rng.uniform(0.2, 0.35)  # planned dense (nodule) share of the lesion volume
+        elif pl["form"] == "cluster":
+            pl["f_dense"] = 1.0
         return pl
 
     def paint_lesions(self, plans):
@@ -1031,7 +1129,7 @@ class _Phantom:
         boundary = (self.depth_c <= 1.5 * self.cmax) & near_wall
         vn = np.clip(Vc / max(self.Bcp, 1e-3), -1, 1)
         wn = np.clip((Wc - self.w_base) / self.H_lung, 0, 1)
-        pref = np.exp(1.8 * vn) * np.exp(-1.5 * wn)
+        pref = np.exp(1.2 * vn) * np.exp(-1.0 * wn)
         for lid, pl in enumerate(plans, start=1):
             if lid > 250:
                 break
@@ -1064,6 +1162,11 @@ class _Phantom:
         wall = pc + n_out * max(self.depth_c[a, b, c] - 0.5 * self.cmax, 0.0)
         r1, r2 = rng.uniform(1.3, 2.2), rng.uniform(1.0, 1.6)
         v_ell = target * (2.0 if pl["subpleural"] else 1.0)
+        if pl["form"] == "cluster":
+            # the nodules of a cluster are spread over (part of) the pleural footprint of a
+            # virtual thin patch larger than the lesion itself
+            r1, r2 = r1 * 1.3, r2 * 1.3
+            v_ell *= rng.uniform(1.5, 2.5)
         a_n = (3 * v_ell / (4 * math.pi * r1 * r2)) ** (1 / 3)
         e1 = -n_out
         e2 = _perp(e1, rng)
@@ -1125,12 +1228,16 @@ class _Phantom:
     def _rasterise_lesion(self, pl, lid, n_target) -> int:
         rng, s = self.rng, self.s
         side = pl["side"]
+        form = pl["form"]
+        foci = form in ("foci_in_patch", "cluster")
         tmax = 1.3
         amp = pl["deform"]
         lo = np.full(3, np.inf)
         hi = np.full(3, -np.inf)
         for c, R, ax in pl["parts"]:
             ext = np.sqrt(((R.T * ax[None, :]) ** 2).sum(1)) * tmax * (1 + 2.0 * amp) + pl["edge_mm"]
+            if foci:  # nodules at the footprint's rim reach beyond the patch
+                ext = ext + 1.6 * _FOCUS["w"][1] * s ** _FOCUS["size_exp"] + 2 * max(self.sp, self.dzf)
             lo, hi = np.minimum(lo, c - ext), np.maximum(hi, c + ext)
         box = self._box(lo, hi)
         if box is None:
@@ -1154,16 +1261,25 @@ class _Phantom:
         del noise
         lungm = self.side[sl] == side
         allowed = lungm & (self.cls[sl] != AIR_IN)  # airway lumina stay air (air bronchograms), not lesion
-        if pl["disease"] == "cap":  # central: never reaches the pleura (also not through a thick slice)
-            margin = 1.05 * max(self.sz, self.sp) + 0.5 * self.sp
-            allowed &= ndi.distance_transform_edt(lungm, sampling=spacing) > margin
+        if pl["disease"] == "cap":  # central: never reaches the pleura (also not through a thick slice,
+            # whose masks follow the majority of its sub-slices)
+            margin = 1.05 * max(self.sz + (self.dzf if self.nsub > 1 else 0.0), self.sp) + 0.5 * self.sp
+            # distance map on the box grown by the margin: the pleura just outside the box counts
+            pk, pj = int(math.ceil(margin / self.dzf)) + 1, int(math.ceil(margin / self.sp)) + 1
+            big = tuple(slice(max(q.start - pad, 0), min(q.stop + pad, n))
+                        for q, pad, n in zip(sl, (pk, pj, pj), self.side.shape))
+            dist = ndi.distance_transform_edt(self.side[big] == side, sampling=spacing)
+            allowed &= dist[tuple(slice(q.start - b.start, q.stop - b.start) for q, b in zip(sl, big))] > margin
+            del dist
         vals = rho[allowed]
         if vals.size == 0:
             return 0
         nt = int(round(n_target))
         if nt <= 0:
             return 0
-        if nt >= vals.size:
+        if form == "cluster":
+            t = 1.0  # the virtual footprint patch as placed
+        elif nt >= vals.size:
             t = tmax
         else:
             t = float(np.partition(vals, nt - 1)[nt - 1])
@@ -1172,21 +1288,43 @@ class _Phantom:
         e = np.float32(pl["edge_mm"] / max(a_mean * t, 1e-3))
         wgt = np.clip(0.5 + 0.5 * f / e, 0, 1)
         mask = allowed & (f > 0)
+        wd = None
+        if foci:
+            vd = pl["f_dense"] * nt * self.sp * self.sp * self.dzf
+            wd = self._foci_weight(pl, lungm, allowed & (f > 0), spacing, tex, vd)
+            if wd is None:  # no open pleura under the footprint: dense core / plain consolidation
+                form = "solid" if form == "cluster" else "core"
+            else:
+                fmask = allowed & (wd > 0.5)
+                if form == "cluster":
+                    mask, wgt = fmask, wd
+                else:
+                    mask = mask | fmask
+                    wgt = np.maximum(wgt, wd)
         if not mask.any():
             return 0
         P = np.float32(self.lung_hu) + np.broadcast_to(self.grav[sl[1]][None, :, None], shape)
         wbar = float(wgt[mask].mean())
         pbar = float(P[mask].mean())
-        kind = pl["kind"]
-        if kind == "ggo":
+        if form == "patch":
             T = pbar + (pl["T_ggo"] - pbar) / max(wbar, 0.3)
-        elif kind == "consolidation":
+        elif form == "solid":
             T = pbar + (pl["T_cons"] - pbar) / max(wbar, 0.3)
             T = min(T, 55.0)
-        else:
+        elif form == "cluster":  # small nodules: interiors near the target (no pile-up at the cap)
+            T = min(pbar + (pl["T_cons"] - pbar) / max(wbar, 0.3), pl["T_cons"] + 30.0)
+        elif form == "core":
             tg = pbar + (pl["T_ggo"] - pbar) / max(wbar, 0.3)
             T = tg + (pl["T_cons"] - tg) * _smoothstep((f - pl["f_core"]) / 0.2 + 0.5)
-        L = P + wgt * (np.float32(T) - P) + wgt * np.float32(pl["tex_amp"]) * tex
+        else:  # foci_in_patch: GGO patch, consolidated foci at its pleural side
+            T = pbar + (pl["T_ggo"] - pbar) / max(wbar, 0.3)
+            dmask = mask & (wd > 0.5)
+            wdbar = float(wd[dmask].mean()) if dmask.any() else 1.0
+            T_d = min(pbar + (pl["T_cons"] - pbar) / max(wdbar, 0.3), pl["T_cons"] + 30.0)
+        L = P + wgt * (np.float32(T) - P)
+        if form == "foci_in_patch":
+            L += wd * (np.float32(T_d) - L)
+        L += wgt * np.float32(pl["tex_amp"]) * tex
         paint = (allowed if pl["disease"] == "cap" else lungm & (self.cls[sl] != AIR_IN)) & (wgt > 0)
         im = self.img[sl]
         lf = self.les_f[sl]
@@ -1199,6 +1337,86 @@ class _Phantom:
         im[paint] = np.maximum(im[paint], L[paint])
         return new_vox
 
+    def _foci_weight(self, pl, lungm, footprint, spacing, tex, volume_mm3):
+        """Soft weight (0..1, 0.5 at the border) of small consolidated nodules abutting the
+        pleura under ``footprint``.  Each nodule is an ellipsoid (tangential semi-axis w, x 1-1.5
+        along z, normal semi-axis d; ``_FOCUS``, x size_scale ** 0.3) whose centre lies 45-80 % of
+        d inside the pleura, so that it touches the pleura over a contact narrower than itself;
+        nodules are separated by lung / ground glass.  They are painted until their voxels
+        reach ``volume_mm3`` or the footprint is full.  None when the footprint has no pleura."""
+        rng, s = self.rng, self.s
+        dz, sp = spacing[0], spacing[1]
+        depth_vox = ndi.distance_transform_edt(lungm, sampling=spacing)
+        # nodules sit on the open pleural surface, where a ball of radius r_open inside the
+        # lung touches the pleura: not in the thin tips of the recesses or in the corners of
+        # the lung (there a dense nodule would cut the tip off instead of biting into the outline)
+        r_open = max(_FOCUS["open"] * s, 2.5 * sp)
+        thick = ndi.distance_transform_edt(~(depth_vox > r_open), sampling=spacing) <= r_open + 1.01 * max(sp, dz)
+        cand = np.flatnonzero((footprint & thick & (depth_vox <= 1.01 * max(sp, dz))).ravel())
+        del thick
+        if cand.size == 0:
+            return None
+        depth = np.maximum(depth_vox - 0.5 * sp, 0).astype(np.float32)  # below the pleura (mm)
+        del depth_vox
+        cand = rng.permutation(cand)[:4000]
+        shape = lungm.shape
+        kk, jj, ii = np.unravel_index(cand, shape)
+        pts = np.stack([ii * sp, jj * sp, (kk + 0.5) * dz], 1)
+        (wlo, whi), (dlo, dhi), gap = _FOCUS["w"], _FOCUS["d"], _FOCUS["gap"]
+        sf = s ** _FOCUS["size_exp"]
+        wmin = 1.5 * sp  # at least a few native pixels, so that a nodule survives the PSF
+
+        def draw():
+            w = max(rng.uniform(wlo, whi) * sf, wmin)
+            d = max(rng.uniform(dlo, dhi) * sf, wmin)
+            return w, rng.uniform(1.0, 1.5), d, rng.uniform(0.45, 0.8) * d
+
+        centres, params = [], []
+        vol = 0.0
+        nxt = draw()
+        for p in pts:
+            w, ez, d, c = nxt
+            if centres:
+                cc = np.asarray(centres)
+                pw = np.asarray([q[0] for q in params])
+                pez = np.asarray([q[1] for q in params])
+                dd = p - cc
+                dist = np.sqrt(dd[:, 0] ** 2 + dd[:, 1] ** 2 + (dd[:, 2] / (0.5 * (ez + pez))) ** 2)
+                if np.any(dist < w + pw + (gap * sf + sp)):
+                    continue
+            centres.append(p)
+            params.append(nxt)
+            vol += 0.9 * 4.0 / 3.0 * math.pi * w * w * ez * d  # ~10 % lies beyond the pleura
+            if vol >= 2.0 * volume_mm3:  # enough candidates; painting stops at the volume
+                break
+            nxt = draw()
+        wgt = np.zeros(shape, np.float32)
+        edge = max(0.6 * pl["edge_mm"], 0.5 * sp)
+        n_target = volume_mm3 / (sp * sp * dz)
+        n_in = 0
+        for (cx, cy, cz), (w, ez, d, c) in zip(centres, params):
+            if n_in >= n_target:
+                break
+            r_xy, r_z = max(w, c + d) + 2 * edge, max(w * ez, c + d) + 2 * edge
+            i0, i1 = max(int((cx - r_xy) / sp), 0), min(int((cx + r_xy) / sp) + 2, shape[2])
+            j0, j1 = max(int((cy - r_xy) / sp), 0), min(int((cy + r_xy) / sp) + 2, shape[1])
+            k0, k1 = max(int((cz - r_z) / dz), 0), min(int((cz + r_z) / dz) + 2, shape[0])
+            sub = (slice(k0, k1), slice(j0, j1), slice(i0, i1))
+            x = (np.arange(i0, i1, dtype=np.float32) * sp - cx)[None, None, :]
+            y = (np.arange(j0, j1, dtype=np.float32) * sp - cy)[None, :, None]
+            z = ((np.arange(k0, k1, dtype=np.float32) + 0.5) * dz - cz)[:, None, None]
+            dep = depth[sub]
+            # offset from the pleural point split into depth (normal) and the rest (tangential)
+            tan2 = np.maximum(x * x + y * y + z * z - dep * dep, 0) - z * z * np.float32(1 - 1 / ez ** 2)
+            F = np.maximum(tan2, 0) / np.float32(w * w) + ((dep - np.float32(c)) / np.float32(d)) ** 2
+            F *= 1 + 0.2 * tex[sub]
+            r = np.sqrt(np.maximum(F, 0)) * np.float32(min(w, d))  # ~ mm inside (<) / outside the border
+            wf = np.clip(0.5 + 0.5 * (np.float32(min(w, d)) - r) / np.float32(edge), 0, 1)
+            n_in -= np.count_nonzero((wgt[sub] > 0.5) & lungm[sub])
+            np.maximum(wgt[sub], wf, out=wgt[sub])
+            n_in += np.count_nonzero((wgt[sub] > 0.5) & lungm[sub])
+        return wgt * lungm
+
     # ------------------------------------------------------------------ output
     def finalize(self):
         p, rng = self.p, self.rng
@@ -1208,8 +1426,16 @@ class _Phantom:
         else:
             img = self.img
         self.img = None
-        lung = (self.side[jc::self.nsub] > 0).astype(np.uint8)
-        les = np.ascontiguousarray(self.les_f[jc::self.nsub]) if hasattr(self, "les_f") else np.zeros_like(lung)
+        lung = self._majority(self.side > 0).astype(np.uint8)
+        if hasattr(self, "les_f"):
+            # a voxel is lesion if most of its sub-slices are; it keeps the id of the centre
+            # sub-slice (else of any lesion sub-slice); lesion voxels are lung voxels
+            les_any = self._majority(self.les_f > 0)
+            ids = self.les_f.reshape(self.nz, self.nsub, self.n, self.n)
+            les = np.where(ids[:, jc] > 0, ids[:, jc], ids.max(axis=1))
+            les = np.ascontiguousarray(np.where(les_any, les, 0).astype(np.uint8))
+        else:
+            les = np.zeros_like(lung)
         self.cls = self.side = self.les_f = None
         if p.blur_mm > 0:
             sig = (p.blur_mm / self.sz, p.blur_mm / self.sp, p.blur_mm / self.sp)
@@ -1236,6 +1462,14 @@ class _Phantom:
             return im
 
         return SyntheticCT(ct=to_img(ct), lung_mask=to_img(lung), lesion_mask=to_img((les > 0).astype(np.uint8)), lesions=lesions)
+
+    def _majority(self, fine: np.ndarray) -> np.ndarray:
+        """Native-slice mask from a boolean sub-slice array: True where most sub-slices are
+        (the CT of a thick slice is the sub-slice average, so the masks follow the same rule)."""
+        if self.nsub == 1:
+            return fine
+        counts = fine.reshape(self.nz, self.nsub, self.n, self.n).sum(axis=1, dtype=np.uint8)
+        return counts > self.nsub // 2
 
     def _lesion_records(self, ct, lung, les):
         if not getattr(self, "planned", None):

@@ -43,7 +43,9 @@ def test_smoke_dag_runs_end_to_end(tmp_path):
     for name in ("table2", "table3", "table4", "table5"):
         assert (tables / f"{name}.csv").is_file() and (tables / f"{name}.md").is_file(), name
     table2 = pd.read_csv(tables / "table2.csv")
-    assert len(table2) == 2 and table2.iloc[:, 1].eq(18).all()  # classical and refined, every subject
+    overall = table2[table2.Subjects == "all"]
+    assert len(overall) == 2 and overall["n subjects"].eq(18).all()  # classical and refined, every subject
+    assert set(table2.Subjects) == {"all"} | set(manifest.diagnosis3)  # then rows per diagnosis
     table3 = pd.read_csv(tables / "table3.csv")
     assert {"RF", "LGBM", "mtl_shift_features"} <= set(table3.Model)
     for figure in ("figure2", "figure3_roc", "figure4_shift3d", "figure5", "figure6", "figure7_cam", "figure8",

@@ -40,6 +40,7 @@ rule lungseg:
 rule lungseg_table2:
     input:
         metrics=per_subject(f"{RESULTS}/lungseg/{{dataset}}/{{subject}}/metrics.json"),
+        manifest=rules.manifest.output[0],
     output:
         csv=report(
             f"{RESULTS}/tables/table2.csv",
@@ -65,7 +66,7 @@ rule lungseg_table2:
     benchmark:
         f"{BENCH}/lungseg_table2.tsv"
     shell:
-        "covidmtl lungseg-table2 --metrics {input.metrics} --out-stem {params.stem} > {log} 2>&1"
+        "covidmtl lungseg-table2 --metrics {input.metrics} --manifest {input.manifest} --out-stem {params.stem} > {log} 2>&1"
 
 
 rule lungseg_figure2:

@@ -46,10 +46,11 @@ def table2_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="covidmtl lungseg-table2", description="COVID-MTL Table 2 (lung segmentation quality).")
     parser.add_argument("--metrics", nargs="+", required=True, type=Path, help="metrics.json files written by 'covidmtl lungseg'")
     parser.add_argument("--out-stem", required=True, type=Path, help="writes <stem>.csv, <stem>.md and <stem>_per_subject.csv")
+    parser.add_argument("--manifest", type=Path, help="cohort manifest: adds rows per diagnosis")
     args = parser.parse_args(argv)
     from covidmtl.lungseg.evaluate import write_table2
 
-    table = write_table2(args.metrics, args.out_stem)
+    table = write_table2(args.metrics, args.out_stem, manifest=args.manifest)
     print(table.to_string(index=False))
     return 0
 

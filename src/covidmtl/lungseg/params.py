@@ -77,8 +77,9 @@ class RefineParams:
     """Attraction to brightness of the snake image (scikit-image default)."""
     w_edge: float = 1.0
     """Attraction to edges of the snake image (scikit-image default)."""
-    max_px_move: float = 1.0
-    """Largest snake movement per iteration in pixels (scikit-image default)."""
+    max_move_mm: float = 1.0
+    """Largest snake movement per iteration (mm): scikit-image's default of 1 pixel on the
+    paper's 1 mm grid; converted to pixels with the in-plane spacing."""
     max_num_iter: int = 20
     """Snake iterations (authors' code); 0 = no snake, the closed outline is used as is."""
     convergence: float = 0.1
@@ -97,8 +98,10 @@ class RefineParams:
     """Gaussian smoothing (mm) of the snake image; 0 = none (authors' code)."""
     min_area_mm2: float = 30.0
     """Per-slice lung pieces smaller than this (mm^2) are kept unchanged, not refined."""
-    point_spacing_px: float = 1.0
-    """Distance between snake points (pixels) after resampling the seed contour."""
+    point_spacing_mm: float = 1.0
+    """Distance between snake points (mm) after resampling the seed contour: one point per
+    pixel on the paper's 1 mm grid.  Kept in mm so that the snake's rigidity acts on the same
+    physical length whatever the curated spacing."""
 
 
 @dataclass(frozen=True)

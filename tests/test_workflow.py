@@ -61,3 +61,44 @@ def test_smoke_dag_runs_end_to_end(tmp_path):
         if path.is_file() and path.suffix in {".csv", ".json", ".md", ".log", ".tsv"}:
             text = path.read_text(encoding="utf-8", errors="ignore")
             assert "MRN" not in text and "SYNTHETIC^PATIENT" not in text, path
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_real_studies_run_every_stage_their_labels_allow(real_ct_dir, tmp_path):
+    """COVID-CT-MD's three studies (one per class, no masks): the DAG curates them, segments
+    the lungs, extracts features, leaves the supervised stages out with the reason, and no
+    DICOM header identifier reaches results/."""
+    import json
+
+    from test_adapters_deid import header_identifiers, readable_bytes
+
+    workdir = copy_workflow(tmp_path)
+    result = subprocess.run(
+        [SNAKEMAKE, "--cores", "2", "--config", 'datasets=["covid_ct_md"]', f"mirror={real_ct_dir.parent}"],
+        cwd=workdir, capture_output=True, text=True, timeout=3000,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-8000:]
+    results = workdir / "results"
+    plan = {d["stage"]: d for d in json.loads((results / "stage_plan.json").read_text(encoding="utf-8"))}
+    assert {stage for stage, d in plan.items() if d["runs"]} == {"cohort", "lungseg", "features"}
+    assert "0 volumes with a ground-truth lung mask" in plan["lungseg_eval"]["reason"]
+    subjects = ["ctmd-P001", "ctmd-cap001", "ctmd-normal001"]
+    assert sorted(pd.read_csv(results / "curated" / "manifest.csv").subject_id) == subjects
+    assert (results / "tables" / "table1.md").is_file() and (results / "figures" / "figure2.png").is_file()
+    for subject in subjects:
+        lungseg = results / "lungseg" / "covid_ct_md" / subject
+        assert (lungseg / "qc.png").stat().st_size > 10_000
+        volume_ml = json.loads((lungseg / "metrics.json").read_text(encoding="utf-8"))["refined"]["lung_volume_ml"]
+        assert 2500 < volume_ml < 9000, (subject, volume_ml)  # physiological lungs
+    features = pd.read_parquet(results / "features" / "features.parquet")
+    assert len(features) == 3 and features.filter(like="wavelet-HLL_glcm").notna().all().all()
+    # supervised stages were left out, not failed half way
+    assert not (results / "classical").exists() and not (results / "deep").exists()
+
+    identifiers = {}
+    for class_dir, study in (("COVID-19 subjects", "P001"), ("Cap subjects", "cap001"), ("Normal subjects", "normal001")):
+        identifiers.update({f"{study} {k}": v for k, v in header_identifiers(real_ct_dir / class_dir / study).items()})
+    leaks = [(str(p.relative_to(results)), what) for p in results.rglob("*") if p.is_file()
+             for what, value in identifiers.items() if value.encode() in readable_bytes(p)]
+    assert not leaks, f"identifiers from the DICOM headers reached results/: {leaks}"

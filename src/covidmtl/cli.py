@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "curate": "covidmtl.curate:main",
     "manifest": "covidmtl.manifest:main",
     "split": "covidmtl.split:main",
+    "stage-plan": "covidmtl.stageplan:main",
     "table1": "covidmtl.cohort_table:main",
     "metrics-export": "covidmtl.metrics_export:main",
     "lungseg": "covidmtl.lungseg.cli:main",

@@ -70,6 +70,27 @@ def per_subject(pattern):
     return inputs
 
 
+def dataset_indexes(wildcards=None):
+    """The index table of every selected dataset (checkpoint outputs)."""
+    return [checkpoints.dataset_index.get(dataset=dataset).output.index for dataset in config["datasets"]]
+
+
+# What covidmtl.stageplan reads from the config.
+STAGE_PLAN_KEYS = ("datasets", "exclude_subjects", "split", "classical", "stats")
+
+
+def stage_plan_config():
+    return shlex.quote(json.dumps({key: config[key] for key in STAGE_PLAN_KEYS}, sort_keys=True))
+
+
+def planned_targets(wildcards):
+    """Targets of the stages that the cohort's labels allow (see results/stage_plan.md)."""
+    from covidmtl.stageplan import plan_stages, read_indexes
+
+    decisions = plan_stages(read_indexes(dataset_indexes(), config["exclude_subjects"]), config)
+    return [target for decision in decisions if decision.runs for target in STAGE_TARGETS[decision.stage]]
+
+
 def dataset_raw_inputs(wildcards):
     """What a dataset's index depends on: the generated cohort, or the dataset's download."""
     if wildcards.dataset == "synthetic":

@@ -22,6 +22,25 @@ rule curate:
         " --params {params.curation} --out-dir {params.out_dir} > {log} 2>&1"
 
 
+rule stage_plan:
+    input:
+        dataset_indexes,
+    output:
+        md=f"{RESULTS}/stage_plan.md",
+        json=f"{RESULTS}/stage_plan.json",
+    params:
+        config=stage_plan_config(),
+    conda:
+        "../../envs/imaging.yaml"
+    log:
+        f"{LOGS}/stage_plan.log",
+    benchmark:
+        f"{BENCH}/stage_plan.tsv"
+    shell:
+        "covidmtl stage-plan --index {input} --config {params.config}"
+        " --out-md {output.md} --out-json {output.json} > {log} 2>&1"
+
+
 rule manifest:
     input:
         meta=per_subject(f"{RESULTS}/curated/{{dataset}}/{{subject}}/meta.json"),

@@ -9,14 +9,15 @@ epochs, learning rates, ...) come from the ``deep`` config section.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from covidmtl.deep.config import DeepConfig
-from covidmtl.deep.mtl import CovidMTL
-from covidmtl.deep.resnet3d import ResNet3D34
-from covidmtl.deep.shift3d import Shift3D
-from covidmtl.deep.squeezenet3d import SqueezeNet3D, SqueezeNet3DTrunk
+
+if TYPE_CHECKING:  # the networks import torch; Snakemake reads the variant registry without it
+    from torch import nn
+
+    from covidmtl.deep.mtl import CovidMTL
+    from covidmtl.deep.shift3d import Shift3D
 
 TASK_CLASSES = {"ct": 2, "nat": 2, "severity": 3}
 TASK_NAMES = {"ct": "CT", "nat": "NAT", "severity": "severity"}
@@ -100,6 +101,8 @@ def loss_type(spec: VariantSpec, cfg: DeepConfig) -> str:
 
 
 def make_shift3d(cfg: DeepConfig) -> Shift3D:
+    from covidmtl.deep.shift3d import Shift3D
+
     s = cfg.shift3d
     return Shift3D(s.max_shift_fraction, s.probability, s.pad, s.pad_value)
 
@@ -107,6 +110,10 @@ def make_shift3d(cfg: DeepConfig) -> Shift3D:
 def build_model(spec: VariantSpec, cfg: DeepConfig, n_features: int = 0) -> nn.Module:
     """A freshly initialised model of the variant (for transfer variants: the two-task source
     architecture is built, use :func:`prepare_transfer` after loading its weights)."""
+    from covidmtl.deep.mtl import CovidMTL
+    from covidmtl.deep.resnet3d import ResNet3D34
+    from covidmtl.deep.squeezenet3d import SqueezeNet3D, SqueezeNet3DTrunk
+
     width, sq = cfg.width_multiplier, cfg.squeezenet
     if spec.architecture == "resnet3d":
         (task,) = spec.tasks

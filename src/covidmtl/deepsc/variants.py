@@ -17,11 +17,12 @@ fine-tuning rate), so that every variant gets the same budget.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from covidmtl.deepsc.config import DeepSCConfig
-from covidmtl.deepsc.networks import DeepSC, ResNet50Classifier, UNet3DSegmenter
+
+if TYPE_CHECKING:  # the networks import torch; Snakemake reads the variant registry without it
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,8 @@ def get_variant(name: str) -> VariantSpec:
 
 
 def build_model(spec: VariantSpec, cfg: DeepSCConfig) -> nn.Module:
+    from covidmtl.deepsc.networks import DeepSC, ResNet50Classifier, UNet3DSegmenter
+
     if spec.architecture == "resnet50":
         return ResNet50Classifier(cfg)
     if spec.architecture == "unet3d":

@@ -9,14 +9,12 @@ classifiers ``twod.mga``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from torch import nn
-
-from covidmtl.twod.amyar import CNN8, AmyarNet
-from covidmtl.twod.classifiers import DenseNet121Classifier, ResNet2D
 from covidmtl.twod.config import TwoDConfig
-from covidmtl.twod.losses import AmyarLoss, ClassificationLoss, MGALoss, SegmentationLoss
-from covidmtl.twod.segmenters import HMSASegmenter, SegNet, UNetSegmenter
+
+if TYPE_CHECKING:  # the networks import torch; Snakemake reads the variant registry without it
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -111,6 +109,10 @@ def n_classes(spec: VariantSpec, cfg: TwoDConfig) -> int:
 
 
 def build_model(spec: VariantSpec, cfg: TwoDConfig) -> nn.Module:
+    from covidmtl.twod.amyar import CNN8, AmyarNet
+    from covidmtl.twod.classifiers import DenseNet121Classifier, ResNet2D
+    from covidmtl.twod.segmenters import HMSASegmenter, SegNet, UNetSegmenter
+
     w, bn = cfg.width_multiplier, cfg.bn_momentum
     k = n_classes(spec, cfg)
     a, s, m = cfg.amyar, cfg.segmenter, cfg.mga
@@ -137,6 +139,8 @@ def build_model(spec: VariantSpec, cfg: TwoDConfig) -> nn.Module:
 
 
 def build_criterion(spec: VariantSpec, cfg: TwoDConfig) -> nn.Module:
+    from covidmtl.twod.losses import AmyarLoss, ClassificationLoss, MGALoss, SegmentationLoss
+
     with_bce = cfg.segmenter.loss == "dice_bce"
     if spec.architecture == "amyar":
         return AmyarLoss(spec.tasks, with_bce)

@@ -69,6 +69,7 @@ rule deep_report:
             subcategory="Figures",
             labels={"item": "Figure 4", "content": "the effect of Shift3D"},
         ),
+        figure4_pdf=f"{RESULTS}/figures/figure4_shift3d.pdf",
         figure9=report(
             f"{RESULTS}/figures/figure9_losses.png",
             caption="../report/figure9.rst",
@@ -76,6 +77,7 @@ rule deep_report:
             subcategory="Figures",
             labels={"item": "Figure 9", "content": "multitask loss functions"},
         ),
+        figure9_pdf=f"{RESULTS}/figures/figure9_losses.pdf",
         figure10=report(
             f"{RESULTS}/figures/figure10_transfer.png",
             caption="../report/figure10.rst",
@@ -83,6 +85,7 @@ rule deep_report:
             subcategory="Figures",
             labels={"item": "Figure 10", "content": "transfer learning to severity"},
         ),
+        figure10_pdf=f"{RESULTS}/figures/figure10_transfer.pdf",
     params:
         run_dirs=lambda wildcards, input: [os.path.dirname(p) for p in input.metrics],
         out_dir=subpath(output.metrics, parent=True),
@@ -114,6 +117,7 @@ rule deep_cam:
             subcategory="Figures",
             labels={"item": "Figure 7", "content": "class activation maps"},
         ),
+        pdf=f"{RESULTS}/figures/figure7_cam.pdf",
         cases=f"{RESULTS}/figures/figure7_cases.csv",
     params:
         out_dir=subpath(output.png, parent=True),

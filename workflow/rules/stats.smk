@@ -25,6 +25,7 @@ rule stats_anova:
             subcategory="Figures",
             labels={"item": "Figure 5", "content": "significant features by group"},
         ),
+        figure5_pdf=f"{RESULTS}/figures/figure5.pdf",
         figure6=report(
             f"{RESULTS}/figures/figure6.png",
             caption="../report/figure6.rst",
@@ -32,6 +33,7 @@ rule stats_anova:
             subcategory="Figures",
             labels={"item": "Figure 6", "content": "clustering heat map"},
         ),
+        figure6_pdf=f"{RESULTS}/figures/figure6.pdf",
         figure8=report(
             f"{RESULTS}/figures/figure8.png",
             caption="../report/figure8.rst",
@@ -39,6 +41,7 @@ rule stats_anova:
             subcategory="Figures",
             labels={"item": "Figure 8", "content": "an infected and a normal case"},
         ),
+        figure8_pdf=f"{RESULTS}/figures/figure8.pdf",
     params:
         stats=params_json("stats"),
         out_dir=subpath(output.selected, parent=True),

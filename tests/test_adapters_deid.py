@@ -47,6 +47,21 @@ def readable_bytes(path: Path) -> bytes:
     return gzip.decompress(data) if path.suffix == ".gz" else data
 
 
+STUDIES = (("COVID-19 subjects", "P001"), ("Cap subjects", "cap001"), ("Normal subjects", "normal001"))
+
+
+def study_identifiers(real_ct_dir: Path) -> dict[str, str]:
+    """Identifier values of the three shared studies, keyed '<study> <tag name>'."""
+    return {f"{study} {name}": value for class_dir, study in STUDIES
+            for name, value in header_identifiers(real_ct_dir / class_dir / study).items()}
+
+
+def identifier_leaks(results: Path, identifiers: dict[str, str]) -> list[tuple[str, str]]:
+    """(file under results, identifier name) for every identifier value found in a written file."""
+    return [(str(p.relative_to(results)), what) for p in results.rglob("*") if p.is_file()
+            for what, value in identifiers.items() if value.encode() in readable_bytes(p)]
+
+
 def test_no_header_identifier_reaches_results(real_ct_dir, tmp_path):
     raw = tmp_path / "resources" / "raw" / "covid_ct_md"
     results = tmp_path / "results"
@@ -74,16 +89,12 @@ def test_no_header_identifier_reaches_results(real_ct_dir, tmp_path):
         handler.close()
         root.setLevel(old_level)
 
-    identifiers = {}
-    for class_dir, study in (("COVID-19 subjects", "P001"), ("Cap subjects", "cap001"), ("Normal subjects", "normal001")):
-        for name, value in header_identifiers(real_ct_dir / class_dir / study).items():
-            identifiers[f"{study} {name}"] = value
+    identifiers = study_identifiers(real_ct_dir)
     assert any(k.endswith("PatientID") for k in identifiers), "the headers should carry a PatientID to look for"
 
     written = [p for p in results.rglob("*") if p.is_file()]
     assert len(written) >= 3 * 2 + 2  # ct.nii.gz and meta.json per subject, the manifest, the log
-    leaks = [(str(p.relative_to(results)), what) for p in written for what, value in identifiers.items()
-             if value.encode() in readable_bytes(p)]
+    leaks = identifier_leaks(results, identifiers)
     assert not leaks, f"identifiers from the DICOM headers reached results/: {leaks}"
     # what is allowed through: age and sex (and the acquisition facts)
     meta = json.loads((results / "curated" / "ctmd-P001" / "meta.json").read_text(encoding="utf-8"))

@@ -10,10 +10,11 @@ from covidmtl.stageplan import STAGE_DESCRIPTIONS, class_counts, main, plan_stag
 
 
 def _rows(n, **labels):
-    return [{"subject_id": f"s{len(labels)}-{i}", "image_format": "nifti", **labels} for i in range(n)]
+    return [{"image_format": "nifti", **labels} for _ in range(n)]
 
 
 def _index(*groups) -> pd.DataFrame:
+    """Rows of all groups, numbered s000, s001, ..."""
     rows = [row for group in groups for row in group]
     for i, row in enumerate(rows):
         row["subject_id"] = f"s{i:03d}"

@@ -71,7 +71,7 @@ def test_real_studies_run_every_stage_their_labels_allow(real_ct_dir, tmp_path):
     DICOM header identifier reaches results/."""
     import json
 
-    from test_adapters_deid import header_identifiers, readable_bytes
+    from test_adapters_deid import identifier_leaks, study_identifiers
 
     workdir = copy_workflow(tmp_path)
     result = subprocess.run(
@@ -96,9 +96,5 @@ def test_real_studies_run_every_stage_their_labels_allow(real_ct_dir, tmp_path):
     # supervised stages were left out, not failed half way
     assert not (results / "classical").exists() and not (results / "deep").exists()
 
-    identifiers = {}
-    for class_dir, study in (("COVID-19 subjects", "P001"), ("Cap subjects", "cap001"), ("Normal subjects", "normal001")):
-        identifiers.update({f"{study} {k}": v for k, v in header_identifiers(real_ct_dir / class_dir / study).items()})
-    leaks = [(str(p.relative_to(results)), what) for p in results.rglob("*") if p.is_file()
-             for what, value in identifiers.items() if value.encode() in readable_bytes(p)]
+    leaks = identifier_leaks(results, study_identifiers(real_ct_dir))
     assert not leaks, f"identifiers from the DICOM headers reached results/: {leaks}"

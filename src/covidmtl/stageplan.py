@@ -46,13 +46,17 @@ class StageDecision:
     description: str
 
 
+def _labelled(index: pd.DataFrame, column: str) -> pd.Series:
+    """The non-blank values of ``column`` (blank or missing = unlabelled / no file)."""
+    if column not in index:
+        return pd.Series(dtype="string")
+    return index[column].astype("string").str.strip().replace("", pd.NA).dropna()
+
+
 def class_counts(index: pd.DataFrame, column: str) -> dict[str, int]:
     """Labelled subjects per class of ``column`` (empty values are unlabelled)."""
-    if column not in index:
-        return {}
-    values = index[column].astype("string").str.strip().replace("", pd.NA).dropna()
     # '1.0' and '1' are one class (labels may have passed through a float column)
-    values = values.map(lambda v: v[:-2] if v.endswith(".0") else v)
+    values = _labelled(index, column).map(lambda v: v[:-2] if v.endswith(".0") else v)
     return {str(k): int(v) for k, v in values.value_counts().sort_index().items()}
 
 
@@ -65,9 +69,7 @@ def task_status(index: pd.DataFrame, task: str, min_per_class: int) -> tuple[boo
 
 
 def _n_with(index: pd.DataFrame, column: str) -> int:
-    if column not in index:
-        return 0
-    return int(index[column].astype("string").str.strip().replace("", pd.NA).notna().sum())
+    return len(_labelled(index, column))
 
 
 def _tasks_decision(index: pd.DataFrame, tasks, min_per_class: int, need_all: bool) -> tuple[bool, str]:
@@ -98,7 +100,7 @@ def plan_stages(index: pd.DataFrame, config: dict) -> list[StageDecision]:
     decisions["stats"] = (decisions["classical"][0] and runs,
                           f"any of: {text}; and the classical stage (LightGBM importance selects the features)")
     runs, text = _tasks_decision(volumes, COVID_MTL_TASKS, min_per_class, need_all=True)
-    decisions["covid_mtl"] = (n > 0 and decisions["classical"][0] and runs,
+    decisions["covid_mtl"] = (decisions["classical"][0] and runs,
                               f"all of: {text}; and the classical stage (Tables 3-4 hold both); {rule}")
 
     # DeepSC-COVID and the 2D models segment lesions and tell the three diagnoses apart.
@@ -139,8 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = json.loads(args.config)
     decisions = plan_stages(read_indexes(args.index, config.get("exclude_subjects")), config)
+    markdown = plan_markdown(decisions, config["datasets"])
     args.out_md.parent.mkdir(parents=True, exist_ok=True)
-    args.out_md.write_text(plan_markdown(decisions, config["datasets"]), encoding="utf-8")
+    args.out_md.write_text(markdown, encoding="utf-8")
     args.out_json.write_text(json.dumps([asdict(d) for d in decisions], indent=2) + "\n", encoding="utf-8")
-    print(plan_markdown(decisions, config["datasets"]))
+    print(markdown)
     return 0

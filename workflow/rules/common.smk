@@ -7,6 +7,9 @@ import sys
 import pandas as pd
 from snakemake.utils import validate
 
+# VOLUME_FORMATS: scans that curation turns into volumes (2D image datasets feed the 2D models).
+from covidmtl.stageplan import VOLUME_FORMATS, plan_stages, read_indexes
+
 validate(config, schema="../schemas/config.schema.yaml")
 
 
@@ -45,10 +48,6 @@ def synthetic_subject_ids():
     return [subject_id(i + 1) for i in range(config["synthetic"]["n_subjects"])]
 
 
-# Scans that curation turns into volumes; 2D image datasets (image2d, slices2d) feed the 2D models.
-VOLUME_FORMATS = {"nifti", "dicom"}
-
-
 def dataset_subjects(dataset):
     """Volume subjects of one dataset, read from its index (a checkpoint output), minus exclusions."""
     index_path = checkpoints.dataset_index.get(dataset=dataset).output.index
@@ -85,8 +84,6 @@ def stage_plan_config():
 
 def planned_targets(wildcards):
     """Targets of the stages that the cohort's labels allow (see results/stage_plan.md)."""
-    from covidmtl.stageplan import plan_stages, read_indexes
-
     decisions = plan_stages(read_indexes(dataset_indexes(), config["exclude_subjects"]), config)
     return [target for decision in decisions if decision.runs for target in STAGE_TARGETS[decision.stage]]
 

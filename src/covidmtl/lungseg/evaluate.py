@@ -93,8 +93,9 @@ def write_table2(metrics_paths: list[str | Path], out_stem: str | Path, manifest
     if manifest is not None:
         cohort = pd.read_csv(manifest, usecols=["subject_id", "diagnosis3"], dtype=str)
         groups = cohort.set_index("subject_id")["diagnosis3"]
+    table = table2(per_subject, groups)
+    if groups is not None:
         per_subject.insert(1, "diagnosis3", per_subject["subject"].map(groups))
-    table = table2(per_subject.drop(columns="diagnosis3", errors="ignore"), groups)
     write_table(table, out_stem)
     out_stem = Path(out_stem)
     if out_stem.suffix in {".csv", ".md"}:

@@ -165,7 +165,10 @@ def test_tables_from_predictions(prediction_files, tmp_path):
     paths = write_tables(pred, tmp_path / "tables")
     for key in ("metrics", "table3", "table4"):
         assert paths[key].exists()
-    assert (tmp_path / "tables" / "table3.md").read_text(encoding="utf-8").count("|") > 10
+    table3_md = (tmp_path / "tables" / "table3.md").read_text(encoding="utf-8")
+    assert table3_md.count("|") > 10
+    # empty paper cells are blank in Markdown, not "nan"; the reproduced numbers keep 3 decimals
+    assert "nan" not in table3_md and f"{t3.loc[0, 'AUC']:.3f}" in table3_md
 
 
 def test_roc_figure(prediction_files, tmp_path):

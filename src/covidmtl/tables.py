@@ -15,7 +15,10 @@ def write_table(df: pd.DataFrame, stem: str | Path, index: bool = False, floatfm
     stem.parent.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = stem.with_suffix(".csv"), stem.with_suffix(".md")
     df.to_csv(csv_path, index=index)
-    md_path.write_text(df.to_markdown(index=index, floatfmt=floatfmt) + "\n", encoding="utf-8")
+    # A missing value (e.g. a paper column's empty cell) is a blank cell, not "nan":
+    # tabulate blanks only None, so NaN/NA become None in an object copy first.
+    shown = df.astype(object).where(df.notna(), None)
+    md_path.write_text(shown.to_markdown(index=index, floatfmt=floatfmt, missingval="") + "\n", encoding="utf-8")
     return csv_path, md_path
 
 

@@ -163,8 +163,9 @@ def test_volume_smaller_than_crop_fails_unless_padding(cohort, tmp_path):
     small = sitk.GetImageFromArray(np.full((10, 20, 22), -900, np.int16))
     sitk.WriteImage(small, str(c / "lungseg" / "S002" / "lung_volume.nii.gz"))
     out = tmp_path / "out"
+    no_padding = {**PARAMS, "input": {**PARAMS["input"], "pad_to_crop": False}}
     with pytest.raises(PipelineInputError, match="smaller than the crop") as err:
-        train_main(train_args(c, "squeezenet3d_ct", out))
+        train_main(train_args(c, "squeezenet3d_ct", out, no_padding))
     assert err.value.subject == "S002" and "pad_to_crop" in str(err.value)
     assert not (out / "checkpoint.pt").exists()
 
@@ -248,3 +249,49 @@ def test_header_shape_matches_loaded_volume_for_any_orientation(tmp_path):
     sitk.WriteImage(image, str(path))
     loaded = VolumeLoader(clip_hu=None)(path)
     assert volume_shape_zyx(path) == loaded.shape
+
+
+class _ToyTaskModel(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 2)
+
+    def forward(self, image):
+        return {"ct": self.linear(image)}
+
+
+class _SumCrossEntropy(torch.nn.Module):
+    def forward(self, logits, targets):
+        loss = torch.nn.functional.cross_entropy(logits["ct"], targets["ct"])
+        return loss, {"ct": loss}
+
+
+class _ToyDataset(torch.utils.data.Dataset):
+    def __init__(self) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(8, 4, generator=g) * 100.0  # large inputs: large gradients
+        self.y = torch.arange(8) % 2
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i):
+        return {"inputs": {"image": self.x[i]}, "targets": {"ct": self.y[i]}, "subject_id": f"T{i}"}
+
+
+@pytest.mark.parametrize("clip", [None, 1e-3])
+def test_gradient_clipping_bounds_each_update(clip):
+    from covidmtl.deep.train import FitSettings, Trainer
+
+    torch.manual_seed(0)
+    model = _ToyTaskModel()
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    settings = FitSettings(epochs=1, batch_size=8, lr_max=1.0, lr_min=1.0, momentum=0.0, nesterov=False,
+                           weight_decay=0.0, grad_clip_norm=clip, progress=False, device="cpu")
+    Trainer(model, _SumCrossEntropy(), settings, {"ct": 2}).train_epoch(_ToyDataset(), 0)
+    step = torch.linalg.vector_norm(torch.cat([p.detach().flatten() for p in model.parameters()]) - before)
+    # one SGD step with lr 1 moves the weights by exactly the (clipped) gradient norm
+    if clip is None:
+        assert step > 1.0
+    else:
+        assert step == pytest.approx(clip, rel=1e-3)

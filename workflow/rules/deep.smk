@@ -24,7 +24,8 @@ rule deep_train:
         seed=config["seed"],
     wildcard_constraints:
         variant="|".join(DEEP_VARIANTS),
-    threads: 2
+    # the training process plus its data-loading workers (deep.train.num_workers)
+    threads: max(2, config["deep"]["train"]["num_workers"] + 1)
     resources:
         gpu=1,
         mem_mb=16000,
@@ -122,6 +123,10 @@ rule deep_cam:
     params:
         out_dir=subpath(output.png, parent=True),
     threads: 2
+    resources:
+        # CPU job; at the paper's 200x250x250 input a ResNet3D-34 backward pass for Grad-CAM
+        # holds several GB of activations, more than the SLURM profile's 4 GB default
+        mem_mb=16000,
     conda:
         "../../envs/deep.yaml"
     log:

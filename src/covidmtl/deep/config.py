@@ -26,9 +26,11 @@ class InputConfig:
     crop_size: tuple[int, int, int] = (200, 250, 250)
     """Network input (D, H, W) cut from the volume: random crop in training, centre crop in
     test (authors' code: DEPTH=200, WIDTH=HEIGHT=250)."""
-    pad_to_crop: bool = False
-    """Pad volumes smaller than crop_size with the background value; False = clear error
-    naming the subject before training starts."""
+    pad_to_crop: bool = True
+    """Pad volumes smaller than crop_size with the background value. The paper's inputs were
+    masked CT volumes wider than its crop; the pipeline's lung volumes are cut to the lung's
+    bounding box (often < 250 mm front to back at 1 mm), so padding restores the paper's input
+    size. False = a volume smaller than the crop is a clear error naming the subject."""
     clip_hu: tuple[float, float] = (-1024.0, 2000.0)
     """Intensities are clipped to this HU range before normalisation (authors' code clips at
     2000; -1024 HU = air = the lung-segmentation background)."""
@@ -132,7 +134,12 @@ class TrainConfig:
     weight_decay: float = 5e-5
     """L2 weight decay (COVID-MTL training setup)."""
     num_workers: int = 0
-    """DataLoader worker processes (0 = load in the training process)."""
+    """DataLoader worker processes (0 = load in the training process); on a GPU node set it to
+    the CPU cores the job has less one, or the GPU waits for decompression and augmentation.
+    The training rule requests num_workers + 1 threads."""
+    grad_clip_norm: float | None = None
+    """Clip the gradients' global L2 norm to this value (after unscaling under float16); None =
+    no clipping (the paper does not clip)."""
     amp: bool = True
     """Mixed precision on CUDA (ignored on CPU); the authors trained in half precision."""
     amp_dtype: str = "bfloat16"

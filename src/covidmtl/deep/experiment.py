@@ -44,7 +44,8 @@ def fit_settings(spec: VariantSpec, cfg: DeepConfig, seed: int) -> FitSettings:
     if spec.is_transfer:
         epochs, lr_max, lr_min = cfg.transfer.epochs, cfg.transfer.lr_max, cfg.transfer.lr_min
     return FitSettings(epochs=epochs, batch_size=t.batch_size, lr_max=lr_max, lr_min=lr_min, momentum=t.momentum,
-                       nesterov=t.nesterov, weight_decay=t.weight_decay, num_workers=t.num_workers, amp=t.amp,
+                       nesterov=t.nesterov, weight_decay=t.weight_decay, num_workers=t.num_workers,
+                       grad_clip_norm=t.grad_clip_norm, amp=t.amp,
                        amp_dtype=t.amp_dtype, channels_last=t.channels_last, eval_every=t.eval_every,
                        progress=t.progress, device=t.device, seed=seed)
 

@@ -61,6 +61,27 @@ def test_the_full_covid_ct_md_trains_the_ct_task_but_not_covid_mtl():
     assert not _plan(index, split={"min_subjects_per_class": 17})["classical"].runs  # 16 CT-negative
 
 
+def test_2d_images_count_for_the_2d_models_only():
+    # a 2D-only selection (CC-CCII-like slice folders, MedSeg-like images with lesion masks)
+    lesion = dict(lesion_mask_path="lesion.nii.gz")
+    index = _index([{**r, "image_format": "slices2d"} for r in _rows(3, diagnosis3="normal")],
+                   [{**r, "image_format": "slices2d"} for r in _rows(3, diagnosis3="cap")],
+                   [{**r, "image_format": "image2d"} for r in _rows(3, diagnosis3="covid19", **lesion)])
+    plan = _plan(index)
+    assert {s for s, d in plan.items() if d.runs} == {"twod"}
+    assert "over 0 CT volumes and 9 2D images/slice folders" in plan["twod"].reason
+    assert not plan["deepsc"].runs and "0 volumes with a lesion mask" in plan["deepsc"].reason
+    # 2D images complete volumes that alone lack a class
+    volumes = _index(_rows(3, diagnosis3="covid19", **lesion), _rows(3, diagnosis3="cap", **lesion),
+                     [{**r, "image_format": "image2d"} for r in _rows(3, diagnosis3="normal")])
+    plan = _plan(volumes)
+    assert plan["twod"].runs and not plan["deepsc"].runs and plan["cohort"].reason == "6 CT volumes"
+    # without lesion masks anywhere the 2D models cannot segment
+    no_masks = _index(*([{**r, "image_format": "image2d"} for r in _rows(3, diagnosis3=d)]
+                        for d in ("normal", "cap", "covid19")))
+    assert not _plan(no_masks)["twod"].runs
+
+
 def test_class_counts_ignore_blanks_and_float_spellings():
     index = pd.DataFrame({"nat": ["1", "1.0", "", " ", "0", None]})
     assert class_counts(index, "nat") == {"0": 1, "1": 2}

@@ -12,11 +12,15 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from covidmtl.datasets import cc_ccii, medseg, ucsd_covid_ct
 from covidmtl.errors import PipelineInputError
-from covidmtl.twod import attribution, report, slices
+from covidmtl.twod import attribution, index2d, report, slices
+from covidmtl.twod.data import read_slice_index
 from covidmtl.twod.experiment import OUTPUT_FILES, load_model_file, rebuild_model
 from covidmtl.twod.experiment import main as train_main
 from covidmtl.twod.variants import VARIANTS
+
+import fixtures_datasets as fx
 
 PARAMS = {"width_multiplier": 1 / 16, "input_size": 32, "amyar": {"large_input_size": 48},
           "slices": {"image_size": 48, "per_subject": 3}, "split": {"fractions": [0.5, 0.25, 0.25]},
@@ -172,12 +176,31 @@ def test_reports_and_attribution(runs, slices_index, tmp_path):
     assert (tmp_path / "mga" / "figure_size_sweep.png").is_file()
     seg = pd.read_csv(tmp_path / "mga" / "table3_segmentation.csv")
     assert seg["Variant"].tolist() == ["mga_seg_hmsa"] and {"IoU", "Dice", "Precision", "Recall"} <= set(seg.columns)
-    paper = tmp_path / "paper.csv"
-    pd.DataFrame([{"table": "amyar_table3", "model": "amyar_mtl_binary", "metric": "auc", "value": 0.5}]).to_csv(
-        paper, index=False)
-    table3 = report.amyar_classification_table(report.full_runs(report.load_runs([runs["amyar_mtl_binary"]])),
-                                               report.load_paper_values(paper))
+    # MGA Table 5: the stage of twod.mga.attention_stage (2) comes from the mga run
+    t5 = pd.read_csv(tmp_path / "mga" / "table5_mga_stage.csv")
+    assert t5["Model"].tolist() == ["MGA at stage 2"] and t5["Variant"].tolist() == ["mga"]
+
+    # paper values in config/paper_values.csv's format: only the right (task, model, metric) cell
+    paper = tmp_path / "paper_values.csv"
+    paper.write_text("task,model,metric,value,source\n"
+                     "ct,mtl_shift_features,auc,0.939,other stage\n"
+                     "amyar_binary,amyar_mtl_binary,auc,0.5,test\n"
+                     "amyar_binary,amyar_mtl_binary,accuracy,,value not yet checked\n"
+                     "amyar_3class,amyar_mtl_binary,sensitivity,0.7,the 3-class table\n"
+                     "mga_stage,mga_stage2,f1,0.25,test\n", encoding="utf-8")
+    out = tmp_path / "amyar_paper"
+    assert report.main_amyar(["--run-dirs", *map(str, dirs), "--out-dir", str(out), "--paper-values", str(paper)]) == 0
+    table3 = pd.read_csv(out / "table3_classification.csv")
     assert table3["AUC (paper)"].tolist() == [0.5] and table3["Accuracy (paper)"].isna().all()
+    assert table3["Sensitivity (paper)"].isna().all()
+    assert "nan" not in (out / "table3_classification.md").read_text(encoding="utf-8").lower()
+    assert report.main_mga(["--run-dirs", *map(str, dirs), "--out-dir", str(tmp_path / "mga_paper"),
+                            "--paper-values", str(paper)]) == 0
+    assert pd.read_csv(tmp_path / "mga_paper" / "table5_mga_stage.csv")["F1 (paper)"].tolist() == [0.25]
+    assert pd.read_csv(tmp_path / "mga_paper" / "table4_classifiers.csv")["F1 (paper)"].isna().all()
+    (tmp_path / "old_layout.csv").write_text("table,model,metric,value\namyar_table3,cnn8_binary,auc,0.9\n")
+    with pytest.raises(ValueError, match=r"lacks columns \['task'\]"):
+        report.load_paper_values(tmp_path / "old_layout.csv")
 
     assert attribution.main(["--run-dirs", str(runs["resnet18_cbam"]), str(runs["mga"]), "--slices-index",
                              str(slices_index), "--params", json.dumps(PARAMS), "--out-dir", str(tmp_path / "attr")]) == 0
@@ -228,6 +251,122 @@ def test_mga_without_segmenter_is_a_clear_error(slices_index, tmp_path):
     params = {**PARAMS, "mga": {**PARAMS["mga"], "guide_source": "ground_truth"}, "train": {**PARAMS["train"],
                                                                                           "max_epochs": 1}}
     assert train(slices_index, "mga_stage1", tmp_path / "gt", params) == 0
+
+
+def test_segmenter_without_validation_masks_stops_before_training(slices_index, tmp_path):
+    index = read_slice_index(slices_index)
+    index.loc[index["split"] == "val", "mask_path"] = ""
+    bad = tmp_path / "index.csv"
+    index.drop(columns=["has_mask"]).to_csv(bad, index=False)
+    for variant in ("unet_seg", "unet_seg_amyar"):
+        message = rf"no slice of the val split has a lesion mask; variant {variant}"
+        with pytest.raises(PipelineInputError, match=message):
+            train(bad, variant, tmp_path / variant)
+        assert not (tmp_path / variant / "checkpoint.pt").exists()
+
+
+def test_unet_baselines_train_with_their_papers_recipes():
+    from covidmtl.twod.config import TwoDConfig
+    from covidmtl.twod.experiment import fit_settings
+
+    cfg = TwoDConfig()
+    amyar, mga = fit_settings(VARIANTS["unet_seg_amyar"], cfg, 0), fit_settings(VARIANTS["unet_seg"], cfg, 0)
+    assert (amyar.batch_size, amyar.lr_max, amyar.scheduler, amyar.patience) == (4, 1e-4, "constant", 10)
+    assert (mga.batch_size, mga.scheduler) == (cfg.segmenter.batch_size, cfg.segmenter.scheduler)
+    assert VARIANTS["unet_seg_amyar"].architecture == VARIANTS["unet_seg"].architecture == "unet"
+    assert report.amyar_seg_order()[0] == "unet_seg_amyar" and "unet_seg" in report.MGA_SEG
+
+
+@pytest.fixture(scope="module")
+def datasets_2d(tmp_path_factory) -> dict[str, Path]:
+    """Tiny UCSD COVID-CT, MedSeg and CC-CCII copies indexed by their adapters (tests/fixtures_datasets.py)."""
+    root = tmp_path_factory.mktemp("twod_datasets")
+    paths = {}
+    for name, build, adapter in (("ucsd_covid_ct", fx.build_ucsd, ucsd_covid_ct), ("medseg", fx.build_medseg, medseg),
+                                 ("cc_ccii", fx.build_cc_ccii, cc_ccii)):
+        build(root / name)
+        paths[name] = root / name / "index.csv"
+        adapter.build_index(root / name).to_csv(paths[name], index=False)
+    return paths
+
+
+def test_2d_datasets_reach_the_slice_index_with_their_labels_and_patients(datasets_2d, slices_index, tmp_path):
+    out = tmp_path / "slices"
+    assert index2d.main(["--index", *map(str, datasets_2d.values()), "--volume-slices", str(slices_index),
+                         "--params", json.dumps(PARAMS), "--out-dir", str(out)]) == 0
+    index = read_slice_index(out / "index.csv")  # the reader of twod-train: every path resolves
+    assert all(Path(p).is_file() for p in index["path"]) and all(Path(p).is_file() for p in index["mask_path"] if p)
+    by = index.set_index("slice_id")
+    # UCSD: COVID images are COVID-19; non-COVID ones binary only; panels of one figure share a patient
+    assert by.loc["ucsd-covid-kjr-21-e24-p2-8", ["label_binary", "label_3class"]].tolist() == [1, 1]
+    assert by.loc["ucsd-noncovid-996", "label_binary"] == 0 and pd.isna(by.loc["ucsd-noncovid-996", "label_3class"])
+    panels = index[index["slice_id"].str.startswith("ucsd-covid-bmj")]
+    assert len(panels) == 2 and panels["patient_id"].nunique() == 1
+    # MedSeg Dataset 1: 2D NIfTI slices with their merged lesion masks (the rp_ volume is not a 2D row)
+    medseg_rows = index[index["dataset"] == "medseg"]
+    assert len(medseg_rows) == 6 and not medseg_rows["slice_id"].str.contains("rp_").any()
+    assert medseg_rows["has_mask"].sum() == 4 and (medseg_rows["label_3class"] == 1).all()
+    # CC-CCII: each scan folder expanded into its slices; labels from the class folders
+    cc = index[index["dataset"] == "cc_ccii"]
+    assert len(cc) == 8 and cc.groupby("subject_id").size().eq(2).all()
+    assert dict(cc.groupby("patient_id")["label_3class"].first()) == {
+        "ccccii-CP-1001": 2, "ccccii-NCP-1001": 1, "ccccii-Normal-2001": 0}
+    assert cc[cc["patient_id"] == "ccccii-NCP-1001"]["subject_id"].nunique() == 2
+    # the volume slices are still there, with their masks
+    assert (index["dataset"] == "synthetic").sum() == len(pd.read_csv(slices_index))
+    # converted to the stored slice format
+    from PIL import Image
+    with Image.open(by.loc["medseg-tr_001", "path"]) as im:
+        assert im.size == (48, 48) and im.mode == "L"
+    # patient-aware split over all datasets, every class in every split
+    assert (index.groupby("patient_id")["split"].nunique() == 1).all()
+    for split in ("train", "val", "test"):
+        assert set(index.loc[index["split"] == split, "label_3class"].dropna()) == {0, 1, 2}
+    qc = pd.read_csv(out / "qc.csv")
+    assert set(qc["status"]) == {"ok"} and qc["n_slices"].sum() == len(index) - (index["dataset"] == "synthetic").sum()
+    # the 3-class variants leave the binary-only slices out and train
+    params = {**PARAMS, "train": {**PARAMS["train"], "max_epochs": 1}}
+    assert train(out / "index.csv", "cnn8_3class", tmp_path / "run", params) == 0
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text(encoding="utf-8"))
+    assert sum(m["n_slices"].values()) == int(index["label_3class"].notna().sum())
+
+
+def test_volume_slices_alone_keep_their_split(slices_index, tmp_path):
+    assert index2d.main(["--volume-slices", str(slices_index), "--params", json.dumps(PARAMS),
+                         "--out-dir", str(tmp_path / "s")]) == 0
+    merged = pd.read_csv(tmp_path / "s" / "index.csv").set_index("slice_id")
+    original = pd.read_csv(slices_index).set_index("slice_id")
+    assert merged.loc[original.index, "split"].tolist() == original["split"].tolist()
+
+
+def test_a_bad_2d_image_is_recorded_and_the_rest_kept(datasets_2d, tmp_path, caplog):
+    rows = pd.read_csv(datasets_2d["ucsd_covid_ct"], dtype=str, keep_default_na=False)
+    broken = Path(rows.loc[rows["subject_id"] == "ucsd-noncovid-14", "image_path"].iloc[0])
+    medseg_rows = pd.read_csv(datasets_2d["medseg"], dtype=str, keep_default_na=False)
+    work = tmp_path / "data"
+    work.mkdir()
+    # copies, so that the module's fixture stays intact
+    bad_png = work / "broken.png"
+    bad_png.write_bytes(b"not a png")
+    rows.loc[rows["subject_id"] == "ucsd-noncovid-14", "image_path"] = str(bad_png)
+    small = work / "small_mask.nii.gz"
+    sitk.WriteImage(sitk.Image(8, 8, sitk.sitkUInt8), str(small))
+    medseg_rows.loc[medseg_rows["subject_id"] == "medseg-tr_002", "lesion_mask_path"] = str(small)
+    rows.to_csv(work / "ucsd.csv", index=False)
+    medseg_rows.to_csv(work / "medseg.csv", index=False)
+    with caplog.at_level("ERROR"):
+        assert index2d.main(["--index", str(work / "ucsd.csv"), str(work / "medseg.csv"), "--params",
+                             json.dumps(PARAMS), "--out-dir", str(tmp_path / "s")]) == 0
+    assert broken.is_file()
+    errors = pd.read_csv(tmp_path / "s" / "qc.csv").query("status == 'error'").set_index("subject_id")
+    assert set(errors.index) == {"ucsd-noncovid-14", "medseg-tr_002"}
+    assert "cannot read the image" in errors.loc["ucsd-noncovid-14", "reason"]
+    assert "8x8 pixels but its image" in errors.loc["medseg-tr_002", "reason"]
+    assert errors.loc["medseg-tr_002", "file"] == str(small)
+    log = caplog.text
+    assert "stage=twod-index subject=ucsd-noncovid-14" in log and str(bad_png) in log and "16x16" in log
+    index = pd.read_csv(tmp_path / "s" / "index.csv")
+    assert len(index) == 10 - 1 + 6 - 1 and "ucsd-noncovid-14" not in set(index["subject_id"])
 
 
 @pytest.mark.slow

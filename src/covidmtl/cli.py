@@ -37,6 +37,7 @@ COMMANDS: dict[str, str] = {
     "deepsc-report": "covidmtl.deepsc.report:main",
     "deepsc-findings": "covidmtl.deepsc.findings:main",
     "twod-slices": "covidmtl.twod.slices:main",
+    "twod-index": "covidmtl.twod.index2d:main",
     "twod-train": "covidmtl.twod.experiment:main",
     "twod-report-amyar": "covidmtl.twod.report:main_amyar",
     "twod-report-mga": "covidmtl.twod.report:main_mga",

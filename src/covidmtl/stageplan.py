@@ -36,6 +36,9 @@ STAGE_DESCRIPTIONS = {
 }
 COVID_MTL_TASKS = ("ct", "nat", "severity")
 VOLUME_FORMATS = {"nifti", "dicom"}
+# 2D images and slice folders (UCSD COVID-CT, MedSeg Dataset 1, CC-CCII, iCTCF): only the 2D
+# models read them (covidmtl twod-index), next to slices cut from the curated volumes.
+TWOD_FORMATS = {"image2d", "slices2d"}
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,16 @@ def _tasks_decision(index: pd.DataFrame, tasks, min_per_class: int, need_all: bo
     return runs, "; ".join(text for _, text in status)
 
 
+def _lesion_three_class(rows: pd.DataFrame, min_per_class: int, what: str) -> tuple[bool, str]:
+    """Three diagnoses with >= min_per_class rows each, and >= min_per_class rows with a lesion mask."""
+    n_lesion = _n_with(rows, "lesion_mask_path")
+    diagnosis = class_counts(rows, "diagnosis3")
+    three = sum(v >= min_per_class for v in diagnosis.values()) == 3
+    evidence = (f"diagnosis3 {diagnosis or 'unlabelled'} (need 3 classes with >= {min_per_class}); "
+                f"{n_lesion} {what} with a lesion mask (need >= {min_per_class})")
+    return three and n_lesion >= min_per_class, evidence
+
+
 def plan_stages(index: pd.DataFrame, config: dict) -> list[StageDecision]:
     """Decide every stage of :data:`STAGE_DESCRIPTIONS` for the cohort in ``index`` (the
     dataset index tables concatenated, one row per scan, excluded subjects removed)."""
@@ -103,14 +116,13 @@ def plan_stages(index: pd.DataFrame, config: dict) -> list[StageDecision]:
     decisions["covid_mtl"] = (decisions["classical"][0] and runs,
                               f"all of: {text}; and the classical stage (Tables 3-4 hold both); {rule}")
 
-    # DeepSC-COVID and the 2D models segment lesions and tell the three diagnoses apart.
-    n_lesion = _n_with(volumes, "lesion_mask_path")
-    diagnosis = class_counts(volumes, "diagnosis3")
-    three = sum(v >= min_per_class for v in diagnosis.values()) == 3
-    evidence = (f"diagnosis3 {diagnosis or 'unlabelled'} (need 3 classes with >= {min_per_class}); "
-                f"{n_lesion} volumes with a lesion mask (need >= {min_per_class})")
-    decisions["deepsc"] = (three and n_lesion >= min_per_class, evidence)
-    decisions["twod"] = decisions["deepsc"]
+    # DeepSC-COVID and the 2D models segment lesions and tell the three diagnoses apart;
+    # the 2D models also read the 2D datasets' images and slice folders.
+    decisions["deepsc"] = _lesion_three_class(volumes, min_per_class, "volumes")
+    twod = index[index["image_format"].isin(VOLUME_FORMATS | TWOD_FORMATS)] if "image_format" in index else index
+    n_2d = len(twod) - n
+    runs, text = _lesion_three_class(twod, min_per_class, "volumes or 2D images/slice folders")
+    decisions["twod"] = (runs, f"{text} (over {n} CT volumes and {n_2d} 2D images/slice folders)")
     return [StageDecision(stage, *decisions[stage], description) for stage, description in STAGE_DESCRIPTIONS.items()]
 
 

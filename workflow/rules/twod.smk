@@ -1,26 +1,63 @@
 # 2D multitask models on axial slices: Amyar et al. (binary and 3-class) and mask-guided
-# attention (Maftouni et al.). One slice set and split, then one training job per model
-# and ablation; training jobs request a GPU like the 3D models.
+# attention (Maftouni et al.). One slice set and split (slices cut from the curated volumes
+# plus the 2D datasets' images), then one training job per model and ablation; training
+# jobs request a GPU like the 3D models.
 
 from covidmtl.twod.variants import VARIANTS as TWOD_VARIANTS
 
-TWOD_AMYAR = [v for v, spec in TWOD_VARIANTS.items() if spec.family == "amyar"] + ["unet_seg"]
-TWOD_MGA = [v for v, spec in TWOD_VARIANTS.items() if spec.family in {"segmenter", "classifier"}]
+TWOD_AMYAR = [v for v, spec in TWOD_VARIANTS.items() if spec.family == "amyar"]
+# MGA Table 5's row for twod.mga.attention_stage is the `mga` run itself: not trained twice.
+TWOD_MGA = [
+    v
+    for v, spec in TWOD_VARIANTS.items()
+    if spec.family in {"segmenter", "classifier"} and v != f"mga_stage{config['twod']['mga']['attention_stage']}"
+]
 # MGA section 6.3: single-task (ResNet18 + CBAM) vs MGA over training-set sizes.
 TWOD_SWEEP = ["resnet18_cbam", "mga"]
 TWOD_RUN_FILES = ["model.pt", "history.csv", "metrics.json", "predictions.csv", "predictions_patient.csv",
                   "seg_metrics.csv", "seg_examples.npz"]
 
 
-rule twod_slices:
+rule twod_volume_slices:
     input:
         manifest=rules.manifest.output[0],
         cts=per_subject(f"{RESULTS}/curated/{{dataset}}/{{subject}}/ct.nii.gz"),
+    output:
+        directory(f"{RESULTS}/twod/volume_slices"),
+    params:
+        twod=params_json("twod"),
+        seed=config["seed"],
+    conda:
+        "../../envs/deep.yaml"
+    log:
+        f"{LOGS}/twod_volume_slices.log",
+    benchmark:
+        f"{BENCH}/twod_volume_slices.tsv"
+    shell:
+        "covidmtl twod-slices --manifest {input.manifest} --params {params.twod} --seed {params.seed}"
+        " --out-dir {output} > {log} 2>&1"
+
+
+# The slice index that every 2D run reads: the 2D datasets' images converted, merged with
+# the volume slices, one patient-aware split over all of them (qc.csv lists unusable files).
+rule twod_slices:
+    input:
+        # their image2d/slices2d rows; and the volume slices when the cohort has CT volumes
+        indexes=dataset_indexes,
+        volume_slices=lambda wildcards: (
+            rules.twod_volume_slices.output[0]
+            if read_indexes(dataset_indexes(), config["exclude_subjects"])["image_format"].isin(VOLUME_FORMATS).any()
+            else []
+        ),
     output:
         directory(f"{RESULTS}/twod/slices"),
     params:
         twod=params_json("twod"),
         seed=config["seed"],
+        exclude=" ".join(config["exclude_subjects"]),
+        volume_slices=lambda wildcards, input: (
+            f"--volume-slices {input.volume_slices}/index.csv" if input.volume_slices else ""
+        ),
     conda:
         "../../envs/deep.yaml"
     log:
@@ -28,8 +65,8 @@ rule twod_slices:
     benchmark:
         f"{BENCH}/twod_slices.tsv"
     shell:
-        "covidmtl twod-slices --manifest {input.manifest} --params {params.twod} --seed {params.seed}"
-        " --out-dir {output} > {log} 2>&1"
+        "covidmtl twod-index --index {input.indexes} {params.volume_slices} --exclude-subjects {params.exclude}"
+        " --params {params.twod} --seed {params.seed} --out-dir {output} > {log} 2>&1"
 
 
 rule twod_train:
@@ -95,6 +132,7 @@ rule twod_train_size_sweep:
 rule twod_report_amyar:
     input:
         runs=twod_run_metrics(TWOD_AMYAR),
+        paper_values="config/paper_values.csv",
     output:
         table2=report(
             f"{RESULTS}/twod/amyar/table2_segmentation.csv",
@@ -155,7 +193,8 @@ rule twod_report_amyar:
     benchmark:
         f"{BENCH}/twod_report_amyar.tsv"
     shell:
-        "covidmtl twod-report-amyar --run-dirs {params.run_dirs} --out-dir {params.out_dir} > {log} 2>&1"
+        "covidmtl twod-report-amyar --run-dirs {params.run_dirs} --paper-values {input.paper_values}"
+        " --out-dir {params.out_dir} > {log} 2>&1"
 
 
 rule twod_report_mga:
@@ -166,6 +205,7 @@ rule twod_report_mga:
             variant=TWOD_SWEEP,
             fraction=[f for f in config["twod"]["mga"]["size_sweep_fractions"] if f < 1],
         ),
+        paper_values="config/paper_values.csv",
     output:
         table3=report(
             f"{RESULTS}/twod/mga/table3_segmentation.csv",
@@ -219,7 +259,8 @@ rule twod_report_mga:
     benchmark:
         f"{BENCH}/twod_report_mga.tsv"
     shell:
-        "covidmtl twod-report-mga --run-dirs {params.run_dirs} --out-dir {params.out_dir} > {log} 2>&1"
+        "covidmtl twod-report-mga --run-dirs {params.run_dirs} --paper-values {input.paper_values}"
+        " --out-dir {params.out_dir} > {log} 2>&1"
 
 
 rule twod_attribution:

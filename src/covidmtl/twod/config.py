@@ -148,8 +148,9 @@ class MGAConfig:
     """'3class' (COVID-19 / normal / CAP, the classes of MGA's integrated database) or 'binary'."""
     attention_stage: int = 2
     """Residual stage (1-3) whose CBAM spatial attention map the MGA module supervises for the
-    `mga` variant (MGA Table 5 compares 1, 2, 3; the paper's choice is not verified here: set it
-    to the stage of the best row of Table 5)."""
+    `mga` variant (MGA Table 5 compares stages 1, 2, 3). The stage MGA uses is not stated in the
+    text available here: 2 is our choice, not the paper's value (set it to the stage of the best
+    row of MGA Table 5 when known). Table 5's row for this stage is the `mga` run."""
     cbam_stages: tuple[int, ...] = (1, 2, 3)
     """Residual stages of ResNet18 with CBAM in every block (MGA classifier)."""
     cbam_reduction: int = 16
@@ -168,8 +169,10 @@ class MGAConfig:
     densenet_growth_rate: int = 32
     """DenseNet121 growth rate; scaled by width_multiplier."""
     size_sweep_fractions: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
-    """Training-set fractions of the single-task vs MGA sweep (MGA section 6.3; the paper's
-    fractions are not verified here), passed as twod-train --train-fraction by the workflow."""
+    """Training-set fractions of the single-task (ResNet18 + CBAM) vs MGA sweep (MGA section 6.3).
+    The paper's fractions are not stated in the text available here: these are our choice, not
+    the paper's values. Passed as twod-train --train-fraction by the workflow (the 1.0 point is
+    the main run)."""
 
 
 @dataclass

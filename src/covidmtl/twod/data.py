@@ -1,8 +1,9 @@
 """Slice index, patient-aware split, input checks and the slice dataset of the 2D models.
 
 A slice index is a CSV with one row per 2D image. ``covidmtl twod-slices`` writes it for
-slices cut from the curated volumes; a 2D dataset (UCSD COVID-CT, MedSeg, ...) joins by
-giving a CSV of the same form. Columns (only ``path``, ``patient_id`` and a label are required):
+slices cut from the curated volumes; ``covidmtl twod-index`` (:mod:`covidmtl.twod.index2d`)
+converts the 2D datasets' rows (UCSD COVID-CT, MedSeg, CC-CCII, iCTCF) and merges both into
+the index the workflow trains on; any other 2D data joins by giving a CSV of the same form. Columns (only ``path``, ``patient_id`` and a label are required):
 
 - ``path``: PNG/JPEG image (relative paths are relative to the CSV's folder);
 - ``mask_path``: lesion mask image of the same size, or empty;
@@ -227,13 +228,22 @@ def check_classes(df: pd.DataFrame, task: str, index_path: str | Path | None = N
 
 
 def check_masks_present(df: pd.DataFrame, index_path: str | Path | None = None,
-                        splits: Sequence[str] = ("train", "test")) -> None:
+                        splits: Sequence[str] = ("train", "test"), variant: str | None = None) -> None:
+    """Every split in ``splits`` must have slices with a lesion mask (before training)."""
     for split in splits:
-        if not df.loc[df["split"] == split, "has_mask"].any():
-            raise PipelineInputError(STAGE, f"no slice of the {split} split has a lesion mask; segmentation "
-                                            f"cannot be trained/evaluated", path=index_path,
-                                     hint="use a dataset with lesion masks (mask_path) or a variant without "
-                                          "segmentation")
+        if df.loc[df["split"] == split, "has_mask"].any():
+            continue
+        who = f"variant {variant}" if variant else "segmentation"
+        if split == "val":
+            raise PipelineInputError(
+                STAGE, f"no slice of the val split has a lesion mask; {who} is validated and early-stopped on the "
+                       f"val slices with a mask, so it cannot be trained", path=index_path,
+                hint="add patients with lesion masks, change twod.split.fractions so that the val split gets some "
+                     "(the split is stratified by class, not by mask), or give a split column in the slice index")
+        raise PipelineInputError(STAGE, f"no slice of the {split} split has a lesion mask; {who} "
+                                        f"cannot be trained/evaluated", path=index_path,
+                                 hint="use a dataset with lesion masks (mask_path) or a variant without "
+                                      "segmentation")
 
 
 def subsample_train(df: pd.DataFrame, fraction: float, seed: int, task: str) -> pd.DataFrame:

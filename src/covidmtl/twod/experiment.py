@@ -153,11 +153,24 @@ def guide_masks(df: pd.DataFrame, cfg: TwoDConfig, size: int, segmenter: Path | 
 
 def _split_frames(df: pd.DataFrame, spec: VariantSpec) -> dict[str, pd.DataFrame]:
     frames = {s: df[df["split"] == s].sort_values("slice_id").reset_index(drop=True) for s in ("train", "val", "test")}
-    if spec.family == "segmenter":
+    if spec.segments_only:
         # segmenters learn and are validated on slices with a lesion mask only
         frames["train"] = frames["train"][frames["train"]["has_mask"]].reset_index(drop=True)
         frames["val"] = frames["val"][frames["val"]["has_mask"]].reset_index(drop=True)
     return frames
+
+
+def drop_binary_only(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows with a 3-class label, when only some have one (a binary-only dataset such as
+    UCSD COVID-CT's non-COVID class, which mixes normal and other disease, merged with 3-class
+    data); an index without any 3-class label is left for check_classes to report."""
+    unlabelled = df["label_3class"].isna()
+    if not unlabelled.any() or unlabelled.all():
+        return df
+    log.warning("%d slice(s) of %d patient(s) have only a binary label (datasets: %s); left out of this 3-class "
+                "variant", int(unlabelled.sum()), df.loc[unlabelled, "patient_id"].nunique(),
+                sorted(df.loc[unlabelled, "dataset"].unique()))
+    return df[~unlabelled].reset_index(drop=True)
 
 
 def fit_settings(spec: VariantSpec, cfg: TwoDConfig, seed: int) -> TwoDFitSettings:
@@ -178,13 +191,17 @@ def run(spec: VariantSpec, cfg: TwoDConfig, index_path: Path, out_dir: Path, seg
     task = spec.resolved_task(cfg)
     size = spec.input_size(cfg)
     df = ensure_split(read_slice_index(index_path), cfg.split.fractions, cfg.seed, index_path)
+    if task == "3class":
+        df = drop_binary_only(df)
     if train_fraction < 1:
         df = subsample_train(df, train_fraction, seed, task or "binary")
     splits = ("train", "val", "test") if (df["split"] == "val").any() else ("train", "test")
     if spec.classifies:
         check_classes(df, task, index_path, splits)
     if spec.segments:
-        check_masks_present(df, index_path)
+        # segmentation-only variants early-stop on the validation slices with a mask
+        mask_splits = splits if spec.segments_only else ("train", "test")
+        check_masks_present(df, index_path, mask_splits, variant=spec.name)
     frames = _split_frames(df, spec)
     used = pd.concat([frames[s] for s in splits], ignore_index=True)
     check_images(used)

@@ -8,7 +8,8 @@ Amyar (Comput Biol Med 2020), for the binary (COVID vs non-COVID) and the 3-clas
 normal / CAP) versions:
 
 - ``table2_segmentation``: Dice (mean over test slices with lesion), IoU, pooled Dice of
-  the U-Net and every Amyar variant with segmentation;
+  the U-Net baseline trained with Amyar's recipe (``unet_seg_amyar``) and every Amyar variant
+  with segmentation;
 - ``table3_classification``: accuracy, sensitivity, specificity, AUC (slices; AUC per patient
   beside) of the 8-layer CNN and every Amyar variant with classification (tasks, 256/512);
 - ``figure6_learning_curves`` (three-task models), ``figure7_segmentation``,
@@ -25,9 +26,28 @@ MGA (IISE Trans Healthc Syst Eng 2023):
   set (``twod-train --train-fraction``; MGA section 6.3).
 
 Every table is CSV + Markdown. Paper numbers stand in "(paper)" columns only when given in
-a checked CSV (``--paper-values``: columns table, model, metric, value; table = e.g.
-``amyar_table3``, model = variant name, metric = accuracy/sensitivity/specificity/auc/dice/
-iou/precision/recall/f1/sec_per_batch); none are built in.
+the checked paper-values CSV (``--paper-values config/paper_values.csv``, the file of the
+other stages: columns ``task, model, metric, value[, source]``); none are built in. The 2D
+tables read the rows whose ``task`` is one of :data:`PAPER_TASKS`:
+
+==================  =============================================  ===================================
+task                table                                          metrics
+==================  =============================================  ===================================
+``amyar_seg``       Amyar Table 2 (lesion segmentation)            dice, iou
+``amyar_binary``    Amyar Table 3, COVID vs non-COVID rows         accuracy, sensitivity, specificity, auc
+``amyar_3class``    Amyar Table 3, COVID / normal / CAP rows       accuracy, sensitivity, specificity, auc
+``mga_seg``         MGA Table 3 (lesion segmentation)              iou, dice, precision, recall
+``mga_cls``         MGA Table 4 (classifiers)                      recall, precision, f1, accuracy, auc,
+                                                                   sec_per_batch
+``mga_stage``       MGA Table 5 (MGA at residual stage 1, 2, 3)    as mga_cls
+==================  =============================================  ===================================
+
+``model`` is the variant name of the table's Variant column (e.g. ``amyar_mtl_binary``,
+``unet_seg_amyar``, ``mga``; Table 5: ``mga_stage1`` .. ``mga_stage3``). A missing row or an
+empty value gives an empty cell.
+
+MGA Table 5's row for the stage of ``twod.mga.attention_stage`` comes from the ``mga`` run
+(the same model), which the workflow therefore does not train a second time.
 """
 
 from __future__ import annotations
@@ -49,7 +69,10 @@ from covidmtl.twod.variants import VARIANTS
 log = logging.getLogger(__name__)
 
 CLASS_LABELS = {"binary": "binary", "3class": "3-class", None: "-"}
-PAPER_COLUMNS = ["table", "model", "metric", "value"]
+PAPER_COLUMNS = ["task", "model", "metric", "value"]
+# paper-values task of each 2D table (module docstring)
+PAPER_TASKS = {"amyar_table2": "amyar_seg", "amyar_table3": {"binary": "amyar_binary", "3class": "amyar_3class"},
+               "mga_table3": "mga_seg", "mga_table4": "mga_cls", "mga_table5": "mga_stage"}
 
 
 # --------------------------------------------------------------------------- runs
@@ -96,17 +119,21 @@ def full_runs(runs: list[dict]) -> dict[str, dict]:
 
 
 def load_paper_values(path: Path | None) -> pd.DataFrame:
+    """Rows of the paper-values CSV (task, model, metric, value[, source]); empty without a file."""
     if path is None:
         return pd.DataFrame(columns=PAPER_COLUMNS)
-    df = pd.read_csv(path, dtype={"table": str, "model": str, "metric": str})
+    df = pd.read_csv(path, dtype={"task": str, "model": str, "metric": str})
     missing = set(PAPER_COLUMNS) - set(df.columns)
     if missing:
-        raise ValueError(f"{path}: paper-values file lacks columns {sorted(missing)}")
+        raise ValueError(f"{path}: paper-values file lacks columns {sorted(missing)} (expected task, model, "
+                         f"metric, value[, source])")
+    # an empty or non-numeric value is an empty cell, never 'nan' text
+    df["value"] = pd.to_numeric(df["value"], errors="coerce")
     return df
 
 
-def _paper(paper: pd.DataFrame, table: str, model: str, metric: str) -> float:
-    hit = paper[(paper["table"] == table) & (paper["model"] == model) & (paper["metric"] == metric)]
+def _paper(paper: pd.DataFrame, task: str, model: str, metric: str) -> float:
+    hit = paper[(paper["task"] == task) & (paper["model"] == model) & (paper["metric"] == metric)]
     return float(hit["value"].iloc[0]) if len(hit) else float("nan")
 
 
@@ -132,7 +159,7 @@ def _write(df: pd.DataFrame, stem: Path, note: str) -> None:
 
 
 def amyar_seg_order() -> list[str]:
-    return ["unet_seg", "amyar_seg_rec", "amyar_cls_seg_binary", "amyar_cls_seg_3class", "amyar_mtl_binary",
+    return ["unet_seg_amyar", "amyar_seg_rec", "amyar_cls_seg_binary", "amyar_cls_seg_3class", "amyar_mtl_binary",
             "amyar_mtl_3class", "amyar_mtl_binary_512", "amyar_mtl_3class_512"]
 
 
@@ -141,7 +168,7 @@ def amyar_cls_order(task: str) -> list[str]:
             f"amyar_mtl_{task}", f"amyar_mtl_{task}_512"]
 
 
-def segmentation_table(runs: dict[str, dict], order: Sequence[str], paper: pd.DataFrame, table: str,
+def segmentation_table(runs: dict[str, dict], order: Sequence[str], paper: pd.DataFrame, task: str,
                        metrics: Sequence[str], digits: int = 3) -> pd.DataFrame:
     rows = []
     for v in order:
@@ -154,7 +181,7 @@ def segmentation_table(runs: dict[str, dict], order: Sequence[str], paper: pd.Da
         for metric in metrics:
             name = "IoU" if metric == "iou" else metric.capitalize()
             row[name] = round(_num(s, metric), digits)
-            row[f"{name} (paper)"] = _paper(paper, table, v, metric)
+            row[f"{name} (paper)"] = _paper(paper, task, v, metric)
         row["Dice (pooled)"] = round(_num(s, "dice_pooled"), digits)
         row["Lesion slices"] = s.get("n_lesion_slices")
         rows.append(row)
@@ -174,7 +201,7 @@ def amyar_classification_table(runs: dict[str, dict], paper: pd.DataFrame, digit
             for metric in ("accuracy", "sensitivity", "specificity", "auc"):
                 name = "AUC" if metric == "auc" else metric.capitalize()
                 row[name] = round(_num(c, metric), digits)
-                row[f"{name} (paper)"] = _paper(paper, "amyar_table3", v, metric)
+                row[f"{name} (paper)"] = _paper(paper, PAPER_TASKS["amyar_table3"][task], v, metric)
             row["AUC (per patient)"] = round(_num(m.get("classification_patient"), "auc"), digits)
             row["Test slices"] = c.get("n")
             rows.append(row)
@@ -184,7 +211,7 @@ def amyar_classification_table(runs: dict[str, dict], paper: pd.DataFrame, digit
 def amyar_report(runs: list[dict], out_dir: Path, paper: pd.DataFrame) -> None:
     full = full_runs(runs)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write(segmentation_table(full, amyar_seg_order(), paper, "amyar_table2", ["dice", "iou"]),
+    _write(segmentation_table(full, amyar_seg_order(), paper, PAPER_TASKS["amyar_table2"], ["dice", "iou"]),
            out_dir / "table2_segmentation", "no segmentation runs")
     _write(amyar_classification_table(full, paper), out_dir / "table3_classification", "no classification runs")
     curves = {_label(v) + f" ({CLASS_LABELS[VARIANTS[v].task]})": full[v]["history"]
@@ -214,8 +241,9 @@ MGA_STAGES = ["mga_stage1", "mga_stage2", "mga_stage3"]
 CLS_METRICS = ("recall", "precision", "f1", "accuracy", "auc")
 
 
-def classifier_table(runs: dict[str, dict], order: Sequence[str], paper: pd.DataFrame, table: str,
+def classifier_table(runs: dict[str, dict], order: Sequence[str], paper: pd.DataFrame, task: str,
                      digits: int = 3) -> pd.DataFrame:
+    """One row per variant of ``order`` that ran; Variant names the run the numbers come from."""
     base = runs.get("resnet18", {}).get("metrics", {}).get("sec_per_batch")
     rows = []
     for v in order:
@@ -223,15 +251,15 @@ def classifier_table(runs: dict[str, dict], order: Sequence[str], paper: pd.Data
             continue
         m = runs[v]["metrics"]
         c = m["classification"]
-        row = {"Model": _label(v), "Variant": v, "Classes": CLASS_LABELS.get(m.get("task"), "-"),
+        row = {"Model": _label(v), "Variant": m.get("variant", v), "Classes": CLASS_LABELS.get(m.get("task"), "-"),
                "MGA stage": m.get("mga_stage") or "-"}
         for metric in CLS_METRICS:
             name = {"f1": "F1", "auc": "AUC"}.get(metric, metric.capitalize())
             row[name] = round(_num(c, metric), digits)
-            row[f"{name} (paper)"] = _paper(paper, table, v, metric)
+            row[f"{name} (paper)"] = _paper(paper, task, v, metric)
         spb = m.get("sec_per_batch")
         row["Time per mini-batch (s)"] = round(spb, 4) if spb is not None else float("nan")
-        row["Time per mini-batch (paper)"] = _paper(paper, table, v, "sec_per_batch")
+        row["Time per mini-batch (paper)"] = _paper(paper, task, v, "sec_per_batch")
         row["Time vs ResNet18"] = round(spb / base, 2) if spb and base else float("nan")
         row["Batch"] = m.get("batch_size")
         row["Test slices"] = c.get("n")
@@ -259,14 +287,25 @@ def size_sweep_table(runs: list[dict]) -> pd.DataFrame:
     return df.sort_values(["variant", "train_fraction"]).reset_index(drop=True)
 
 
+def stage_runs(full: dict[str, dict]) -> dict[str, dict]:
+    """MGA Table 5's runs: mga_stage<k>, or the ``mga`` run for the stage it was trained at
+    (twod.mga.attention_stage; the workflow does not train that stage twice)."""
+    out = {v: full[v] for v in MGA_STAGES if v in full}
+    mga = full.get("mga")
+    if mga is not None and mga["metrics"].get("mga_stage") in (1, 2, 3):
+        out.setdefault(f"mga_stage{mga['metrics']['mga_stage']}", mga)
+    return out
+
+
 def mga_report(runs: list[dict], out_dir: Path, paper: pd.DataFrame) -> None:
     full = full_runs(runs)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write(segmentation_table(full, MGA_SEG, paper, "mga_table3", ["iou", "dice", "precision", "recall"]),
+    _write(segmentation_table(full, MGA_SEG, paper, PAPER_TASKS["mga_table3"], ["iou", "dice", "precision", "recall"]),
            out_dir / "table3_segmentation", "no segmentation runs")
-    _write(classifier_table(full, MGA_CLS, paper, "mga_table4"), out_dir / "table4_classifiers",
+    _write(classifier_table(full, MGA_CLS, paper, PAPER_TASKS["mga_table4"]), out_dir / "table4_classifiers",
            "no classifier runs")
-    _write(classifier_table(full, MGA_STAGES, paper, "mga_table5"), out_dir / "table5_mga_stage", "no MGA stage runs")
+    _write(classifier_table({**full, **stage_runs(full)}, MGA_STAGES, paper, PAPER_TASKS["mga_table5"]),
+           out_dir / "table5_mga_stage", "no MGA stage runs")
     sweep = size_sweep_table(runs)
     _write(sweep, out_dir / "size_sweep", "no runs with --train-fraction < 1")
     figures.size_sweep(sweep, out_dir / "figure_size_sweep",
@@ -284,7 +323,8 @@ def _parser(prog: str, what: str) -> argparse.ArgumentParser:
     ap.add_argument("--run-dirs", type=Path, nargs="+", required=True, help="twod-train output folders")
     ap.add_argument("--out-dir", type=Path, required=True)
     ap.add_argument("--paper-values", type=Path, default=None,
-                    help="checked paper numbers (CSV: table, model, metric, value)")
+                    help="checked paper numbers (config/paper_values.csv: task, model, metric, value[, source]; "
+                         "tasks in the module docstring)")
     return ap
 
 

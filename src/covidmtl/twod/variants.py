@@ -2,8 +2,9 @@
 
 A variant fixes the architecture, the tasks, the class setting and the input size; numbers
 (widths, learning rates, batch sizes, patience) come from the ``twod`` config section:
-Amyar-family variants use ``twod.amyar``, segmenters ``twod.segmenter``, MGA-table
-classifiers ``twod.mga``.
+Amyar-family variants use ``twod.amyar`` (so does ``unet_seg_amyar``, the U-Net baseline of
+Amyar Table 2, trained with Amyar's recipe: Adam 1e-4 constant, batch 4, patience 10),
+segmenters of the MGA comparison ``twod.segmenter``, MGA-table classifiers ``twod.mga``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ class VariantSpec:
     @property
     def segments(self) -> bool:
         return "seg" in self.tasks
+
+    @property
+    def segments_only(self) -> bool:
+        """Lesion segmentation alone: trained and validated on slices with a lesion mask only."""
+        return self.tasks == ("seg",)
 
     def resolved_task(self, cfg: TwoDConfig) -> str | None:
         return cfg.mga.task if self.task == "config" else self.task
@@ -72,8 +78,12 @@ def _registry() -> dict[str, VariantSpec]:
             description=f"8-layer CNN baseline, {CLASS_WORDS[task]} (Amyar Experiment 3)")
     v["amyar_seg_rec"] = VariantSpec("amyar_seg_rec", "Amyar seg + rec", "amyar", "amyar", ("seg", "rec"), None,
                                      description="Amyar encoder with segmentation + reconstruction (Amyar Table 2)")
+    v["unet_seg_amyar"] = VariantSpec("unet_seg_amyar", "U-Net", "amyar", "unet", ("seg",),
+                                      description="U-Net lesion segmentation baseline with Amyar's recipe (Adam 1e-4 "
+                                                  "constant, batch 4, patience 10; Amyar Table 2)")
     v["unet_seg"] = VariantSpec("unet_seg", "U-Net", "segmenter", "unet", ("seg",),
-                                description="U-Net lesion segmentation baseline (Amyar Table 2, MGA Table 3)")
+                                description="U-Net lesion segmentation baseline with the segmenter recipe "
+                                            "(twod.segmenter; MGA Table 3)")
     v["segnet_seg"] = VariantSpec("segnet_seg", "SegNet", "segmenter", "segnet", ("seg",),
                                   description="SegNet lesion segmentation (MGA Table 3)")
     v["mga_seg_hmsa"] = VariantSpec("mga_seg_hmsa", "Multi-scale attention (MGA)", "segmenter", "hmsa", ("seg",),
@@ -146,7 +156,7 @@ def build_criterion(spec: VariantSpec, cfg: TwoDConfig) -> nn.Module:
         return AmyarLoss(spec.tasks, with_bce)
     if spec.architecture == "mga":
         return MGALoss()
-    if spec.family == "segmenter":
+    if spec.segments_only:
         return SegmentationLoss(with_bce)
     return ClassificationLoss()
 

@@ -238,6 +238,131 @@ def test_variants_and_stages():
 # ------------------------------------------------------------------ training end to end
 
 
+@pytest.mark.parametrize("loss, skipped", [
+    ({}, {"lambda_ta_10", "multi_scale_ta"}),  # the defaults: lambda_ta 10, multi-scale
+    ({"lambda_ta": 1.0, "task_aware_scales": "single"}, {"lambda_ta_1", "single_scale_ta"}),
+    ({"lambda_ta": 5.0}, {"multi_scale_ta"}),  # no lambda_ta variant equals 5
+    ({"lambda_ta": 0.0}, {"lambda_ta_0", "multi_scale_ta"}),
+])
+def test_variants_equal_to_the_full_model_follow_the_loss_config(loss, skipped):
+    from covidmtl.deepsc.variants import same_as_full_model
+
+    assert set(same_as_full_model({"loss": loss})) == skipped
+    assert set(same_as_full_model(DeepSCConfig.from_dict({"loss": loss}))) == skipped
+
+
+def test_table3_full_model_stands_in_for_the_variant_it_equals():
+    from covidmtl.deepsc.report import table3_rows
+
+    single = {"deepsc": {"metrics": {"lambda_ta": 1.0, "task_aware_scales": "single"}},
+              "multi_scale_ta": {"metrics": {}}}
+    assert [v for v, _ in table3_rows(single)] == ["lambda_ta_0", "deepsc", "multi_scale_ta"]
+    multi = {"deepsc": {"metrics": {"lambda_ta": 10.0, "task_aware_scales": "multi"}}}
+    assert [v for v, _ in table3_rows(multi)] == ["lambda_ta_0", "single_scale_ta", "deepsc"]
+
+
+# ------------------------------------------------------------------ training loop and inference
+
+
+class _Recorder(torch.nn.Module):
+    """Segments with a per-sample function and records the batch shapes it sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: list[tuple[int, ...]] = []
+
+    def forward(self, seg_image=None, cls_image=None, mode="seg"):
+        self.shapes.append(tuple(seg_image.shape))
+        return {"seg_logits": seg_image * 4 - 2}
+
+
+def test_inference_pads_the_last_patch_batch_to_one_shape():
+    from covidmtl.deepsc.data import Case
+    from covidmtl.deepsc.inference import predict_case
+
+    image = np.random.default_rng(0).random((13, 20, 20)).astype(np.float32)  # 2 x 2 x 2 = 8 patches
+    case = Case("s", 0, image, None, np.ones(image.shape, np.uint8), (1.0, 1.0, 1.0), image.shape,
+                tuple(slice(0, n) for n in image.shape))
+    model = _Recorder()
+    pred = predict_case(model, case, mode="seg", tasks=("seg",), patch_size=(8, 16, 16), batch_size=3,
+                        device=torch.device("cpu"))
+    assert model.shapes == [(3, 1, 8, 16, 16)] * 3  # 8 patches: 3 + 3 + 2 and one zero patch
+    expected = 1 / (1 + np.exp(-(image * 4 - 2)))
+    np.testing.assert_allclose(pred.lesion_prob, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_amp_settings_fall_back_to_float16_without_bfloat16(monkeypatch):
+    from covidmtl.deepsc.train import amp_settings
+
+    cfg = tiny_cfg()
+    assert amp_settings(cfg, torch.device("cpu")) == (False, torch.bfloat16)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert amp_settings(cfg, torch.device("cuda")) == (True, torch.float16)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert amp_settings(cfg, torch.device("cuda")) == (True, torch.bfloat16)
+
+
+class _LossOf(torch.nn.Module):
+    """Stand-in loss: mean squared logit, made non-finite for the listed batches."""
+
+    def __init__(self, bad_batches: set[int], value: float = float("inf")) -> None:
+        super().__init__()
+        self.bad, self.value, self.calls = bad_batches, value, 0
+
+    def forward(self, out, targets, mode, model):
+        total = out["seg_logits"].float().pow(2).mean()
+        if self.calls in self.bad:
+            total = total * self.value
+        self.calls += 1
+        return total, {"seg": total.detach()}
+
+
+def _stage_trainer(criterion, scaler: bool):
+    from covidmtl.deepsc.train import StageTrainer, fit_settings
+    from covidmtl.deepsc.variants import Phase
+
+    cfg = tiny_cfg(train={"device": "cpu"})
+    phase = Phase("pretrain_seg", "seg", 1, 1e-3, "seg")
+    trainer = StageTrainer(UNet3DSegmenter(cfg), criterion, fit_settings(cfg, phase, 0), phase)
+    if scaler:  # what float16 on CUDA sets up, on the CPU
+        trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
+    return trainer
+
+
+class _Patches(torch.utils.data.Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return {"inputs": {"seg_image": torch.rand(1, 8, 16, 16)},
+                "targets": {"lesion": torch.zeros(1, 8, 16, 16), "has_mask": torch.tensor(True),
+                            "label": torch.tensor(0)},
+                "subject_id": f"s{i}"}
+
+
+def test_non_finite_loss_is_skipped_by_the_gradient_scaler_and_fatal_without_it():
+    from covidmtl.deep.train import MAX_CONSECUTIVE_SKIPPED_STEPS
+
+    # float32 / bfloat16 (no scaler): a non-finite loss stops the training at once
+    with pytest.raises(FloatingPointError, match="training loss is inf"):
+        _stage_trainer(_LossOf({1}), scaler=False).run_epoch(_Patches(), 0, 1)
+    # float16 with a scaler: the step is skipped (weights unchanged, scale halved), training goes on
+    trainer = _stage_trainer(_LossOf({0}), scaler=True)
+    one_batch = torch.utils.data.Subset(_Patches(), [0, 1])
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    assert trainer.run_epoch(one_batch, 0, 1) == {}  # its only batch was skipped
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+    assert trainer.scaler.get_scale() == 2.0 ** 7
+    row = trainer.run_epoch(_Patches(), 1, 1)
+    assert np.isfinite(row["train_loss_total"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+    # ... but a loss that stays non-finite is divergence, with a clear error
+    trainer = _stage_trainer(_LossOf(set(range(100)), float("nan")), scaler=True)
+    data = torch.utils.data.ConcatDataset([_Patches()] * MAX_CONSECUTIVE_SKIPPED_STEPS)
+    with pytest.raises(FloatingPointError, match="in a row.*bfloat16"):
+        trainer.run_epoch(data, 0, 1)
+
+
 @pytest.mark.slow
 def test_outputs_have_the_shared_layout(runs, cohort):
     d = runs["deepsc"]
@@ -308,6 +433,30 @@ def test_init_from_another_architecture_is_refused(tmp_path):
     target = build_model(get_variant("lambda_ta_100"), cfg)
     assert load_init([path], target) == {"seg", "cls"}
     assert torch.equal(target.state_dict()["classifier.fc.weight"], same.state_dict()["classifier.fc.weight"])
+
+
+def test_no_cross_stitch_keeps_identity_mixing_when_initialised_from_pretrain(tmp_path):
+    from covidmtl.deepsc.experiment import MODEL_FORMAT, load_init
+
+    cfg = tiny_cfg()
+    pretrained = build_model(get_variant("pretrain"), cfg)
+    pretrained.cross_stitch.set_alpha([[0.8, 0.2], [0.3, 0.7]])  # as learned in a pre-training
+    path = tmp_path / "model.pt"
+    torch.save({"format": MODEL_FORMAT, "kind": "deepsc", "variant": "pretrain", "config": cfg.to_dict(),
+                "state_dict": pretrained.state_dict()}, path)
+    ablated = build_model(get_variant("no_cross_stitch"), cfg)
+    assert load_init([path], ablated) == {"seg", "cls"}
+    assert torch.equal(ablated.cross_stitch.alpha, torch.eye(2))
+    assert torch.equal(ablated.state_dict()["classifier.fc.weight"], pretrained.state_dict()["classifier.fc.weight"])
+    # the fixed matrix is no state: the ablation's own model.pt does not carry (or restore) it
+    assert "cross_stitch.alpha" not in ablated.state_dict()
+    ablated.eval()
+    x_seg, x_cls = torch.rand(1, 1, 8, 16, 16), torch.rand(1, 1, 8, 16, 16)
+    with torch.no_grad():
+        joint = ablated(seg_image=x_seg, cls_image=x_cls, mode="joint")
+        alone = ablated(seg_image=x_seg, mode="seg") | ablated(cls_image=x_cls, mode="cls")
+    assert torch.equal(joint["seg_logits"], alone["seg_logits"])
+    assert torch.equal(joint["cls_logits"], alone["cls_logits"])
 
 
 # ------------------------------------------------------------------ bad inputs
@@ -391,8 +540,119 @@ def test_report_builds_tables_and_figures(runs, tmp_path):
     t2 = pd.read_csv(out / "table2_deepsc.csv")
     assert t2["Variant"].tolist() == ["deepsc", "seg_only", "cls_only"]
     assert t2.loc[0, "Inference (s/scan) (paper)"] == 2.2 and pd.isna(t2.loc[0, "Accuracy (paper)"])
+    assert "nan" not in (out / "table2_deepsc.md").read_text(encoding="utf-8")
     assert pd.isna(t2.loc[1, "Accuracy"]) and pd.notna(t2.loc[1, "DSC"])
     t3 = pd.read_csv(out / "table3_deepsc.csv")
     assert t3["Variant"].tolist() == ["deepsc"]  # the full model stands for the multi-scale row
     for stem in ("figure7_roc", "figure8_segmentation", "figure9_lambda_ta", "figure10_evidence"):
         assert (out / f"{stem}.png").is_file() and (out / f"{stem}.pdf").is_file()
+    # the workflow passes config/paper_values.csv: its DeepSC rows land in their cells
+    paper = tmp_path / "paper_values.csv"
+    paper.write_text("task,model,metric,value,source\n"
+                     "ct,mtl_shift_features,auc,0.939,another paper\n"
+                     "deepsc_table2,seg_only,dsc,0.77,Table II\n"
+                     "deepsc_table3,multi_scale_ta,nsd,0.66,Table III\n", encoding="utf-8")
+    out = tmp_path / "with_paper"
+    assert report_main(["--run-dirs", *[str(d) for d in runs.values()], "--paper-values", str(paper),
+                        "--out-dir", str(out)]) == 0
+    t2 = pd.read_csv(out / "table2_deepsc.csv").set_index("Variant")
+    assert t2.loc["seg_only", "DSC (paper)"] == 0.77 and pd.isna(t2.loc["deepsc", "DSC (paper)"])
+    assert t2.loc["deepsc", "Inference (s/scan) (paper)"] == 2.2
+    t3 = pd.read_csv(out / "table3_deepsc.csv")
+    assert t3.loc[0, "NSD (paper)"] == 0.66  # the full model's row stands for the multi-scale one
+
+
+def _summary(*variants: str) -> pd.DataFrame:
+    return pd.DataFrame([{"variant": v, "accuracy": 0.5, "dsc": 0.6, "n_test": 3, "device": "cpu"} for v in variants])
+
+
+def test_paper_values_fill_their_cells_and_missing_ones_stay_empty(tmp_path):
+    from covidmtl.deepsc.report import build_table, read_paper_values, table3_rows
+    from covidmtl.tables import write_table
+
+    path = tmp_path / "paper_values.csv"
+    path.write_text("task,model,metric,value,source\n"
+                    "severity,mtl_shift_features,auc,0.8,COVID-MTL\n"
+                    "deepsc_table2,no_inception,accuracy,0.912,Table II\n"
+                    "deepsc_table2,deepsc,inference_seconds,2.5,Table II\n"
+                    "deepsc_table2,deepsc,auc,,not printed\n"
+                    "deepsc_table3,single_scale_ta,dsc,0.701,Table III\n", encoding="utf-8")
+    paper = read_paper_values(path)
+    assert set(paper["task"]) == {"deepsc_table2", "deepsc_table3"}
+    t2 = build_table(_summary("deepsc", "no_inception"), [("deepsc", "DeepSC-COVID"), ("no_inception", "w/o")],
+                     paper[paper["task"] == "deepsc_table2"]).set_index("Variant")
+    assert t2.loc["no_inception", "Accuracy (paper)"] == 0.912
+    assert t2.loc["deepsc", "Accuracy (paper)"] is None and t2.loc["deepsc", "AUC (paper)"] is None
+    assert t2.loc["deepsc", "Inference (s/scan) (paper)"] == 2.5  # the file wins over the built-in 2.2
+    # Table III numbers belong to Table III only, under the paper's row name
+    assert t2.loc["no_inception", "DSC (paper)"] is None
+    runs = {"deepsc": {"metrics": {"lambda_ta": 10.0, "task_aware_scales": "single"}}}
+    rows = table3_rows(runs)
+    t3 = build_table(_summary("deepsc"), rows, paper[paper["task"] == "deepsc_table3"],
+                     paper_rows=["lambda_ta_0", "single_scale_ta", "multi_scale_ta"])
+    assert t3["Variant"].tolist() == ["deepsc"] and t3.loc[0, "DSC (paper)"] == 0.701
+    csv, md = write_table(t2.reset_index(), tmp_path / "t2")
+    assert "nan" not in csv.read_text(encoding="utf-8") + md.read_text(encoding="utf-8")
+    assert read_paper_values(None)["value"].tolist() == [2.2]
+
+
+@pytest.mark.parametrize("row, message", [
+    ("deepsc_table4,deepsc,accuracy,0.9,x", "task 'deepsc_table4'"),
+    ("deepsc_table2,lambda_ta_0,accuracy,0.9,x", "has no row 'lambda_ta_0'"),
+    ("deepsc_table2,deepsc,acc,0.9,x", "metric 'acc'"),
+    ("deepsc_table2,deepsc,accuracy,90 %,x", "not a number"),
+])
+def test_bad_paper_values_are_named(tmp_path, row, message):
+    from covidmtl.deepsc.report import read_paper_values
+
+    path = tmp_path / "paper_values.csv"
+    path.write_text(f"task,model,metric,value,source\n{row}\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=message):
+        read_paper_values(path)
+    path.write_text(f"task,model,metric,value,source\n{row}\n{row}\n".replace("deepsc_table4", "deepsc_table2")
+                    .replace("lambda_ta_0", "deepsc").replace(",acc,", ",accuracy,").replace("90 %", "0.9"),
+                    encoding="utf-8")
+    with pytest.raises(ValueError, match="given twice"):
+        read_paper_values(path)
+
+
+@pytest.mark.slow
+def test_findings_recover_the_phantom_lesions(tmp_path):
+    """On phantom scans (src/covidmtl/synthetic) the findings recover the planted effects:
+    COVID-19 more lesions, peripheral; CAP fewer, central and denser (more consolidation).
+    Not asserted: the bimodal CAP HU histogram, too weak on a few small phantoms."""
+    import SimpleITK as sitk
+
+    from covidmtl.deepsc.data import CLASSES, Subject
+    from covidmtl.deepsc.findings import analyse, findings_table
+    from covidmtl.synthetic.phantom import PhantomParams, generate_subject
+
+    small = PhantomParams(size_scale=0.3, inplane_spacing_mm=(0.8, 1.0), slice_spacing_mm=(2.0, 3.0))
+    plan = [("covid19", "mild"), ("covid19", "regular"), ("covid19", "severe"),
+            ("cap", "regular"), ("cap", "regular"), ("cap", "regular")]
+    subjects, planted = [], {}
+    for seed, (diagnosis, morbidity) in enumerate(plan):
+        s = generate_subject({"diagnosis3": diagnosis, "morbidity": morbidity, "age": 55, "sex": "M"}, small, seed)
+        d = tmp_path / f"s{seed}"
+        d.mkdir()
+        for name, image in (("ct", s.ct), ("lung", s.lung_mask), ("lesion", s.lesion_mask)):
+            sitk.WriteImage(image, str(d / f"{name}.nii.gz"))
+        subjects.append(Subject(f"s{seed}", "synthetic", CLASSES.index(diagnosis), d / "ct.nii.gz",
+                                d / "lung.nii.gz", d / "lesion.nii.gz"))
+        planted[f"s{seed}"] = s.lesions
+    params = DeepSCConfig().findings
+    lesions, scans, hist = analyse(subjects, params)
+    for _, scan in scans.iterrows():  # touching lesions merge, specks are dropped: never more
+        assert 1 <= scan["n_lesions"] <= len(planted[scan["subject_id"]]), scan["subject_id"]
+    count = scans.groupby("diagnosis3")["n_lesions"].mean()
+    assert count["covid19"] > 2 * count["cap"], count
+    depth = lesions.groupby("diagnosis3")["relative_depth"].mean()
+    assert depth["cap"] > 1.5 * depth["covid19"] and depth["cap"] > params.peripheral_fraction, depth
+    peripheral = lesions.groupby("diagnosis3")["peripheral"].mean()
+    assert peripheral["covid19"] > peripheral["cap"], peripheral
+    dense = hist[hist["hu_from"] >= -300].groupby("diagnosis3")["density"].sum()  # consolidation range
+    assert dense["cap"] > dense["covid19"] + 0.15, dense
+    hu = scans.groupby("diagnosis3")["mean_lesion_hu"].mean()
+    assert hu["cap"] > hu["covid19"], hu
+    table = findings_table(lesions, scans, params).set_index("Statistic")
+    assert table.loc["Scans with a lesion mask", "non-pneumonia"] == "0"

@@ -1,11 +1,11 @@
 # DeepSC-COVID (Wang et al.): joint 3D lesion segmentation and 3-class diagnosis, its
 # ablations and baselines (Tables II and III, Figures 7-10) and the lesion findings.
 
-from covidmtl.deepsc.variants import VARIANTS as DEEPSC_VARIANTS
+from covidmtl.deepsc.variants import VARIANTS as DEEPSC_VARIANTS, same_as_full_model
 
-# lambda_ta_10 and multi_scale_ta equal the full model under the paper's defaults; the report
-# takes their rows from `deepsc`, so they are not trained twice.
-DEEPSC_RUNS = [v for v in DEEPSC_VARIANTS if v not in {"lambda_ta_10", "multi_scale_ta"}]
+# Variants equal to the full model under this config (by default lambda_ta_10 and
+# multi_scale_ta) are not trained twice: the report takes their rows from `deepsc`.
+DEEPSC_RUNS = [v for v in DEEPSC_VARIANTS if v not in same_as_full_model(config["deepsc"])]
 # Joint variants sharing the full architecture fine-tune from one pre-trained model.
 DEEPSC_FROM_PRETRAIN = [
     v
@@ -62,6 +62,7 @@ rule deepsc_train:
 rule deepsc_report:
     input:
         runs=expand(rules.deepsc_train.output.metrics, variant=DEEPSC_RUNS),
+        paper_values="config/paper_values.csv",
     output:
         table2=report(
             f"{RESULTS}/deepsc/report/table2_deepsc.csv",
@@ -105,6 +106,14 @@ rule deepsc_report:
             subcategory="Figures",
             labels={"item": "Figure 10", "content": "lesion evidence"},
         ),
+        # The tables' Markdown twins, the figures' PDF twins and every run's summary numbers.
+        table2_md=f"{RESULTS}/deepsc/report/table2_deepsc.md",
+        table3_md=f"{RESULTS}/deepsc/report/table3_deepsc.md",
+        metrics=f"{RESULTS}/deepsc/report/metrics_deepsc.csv",
+        figure7_pdf=f"{RESULTS}/deepsc/report/figure7_roc.pdf",
+        figure8_pdf=f"{RESULTS}/deepsc/report/figure8_segmentation.pdf",
+        figure9_pdf=f"{RESULTS}/deepsc/report/figure9_lambda_ta.pdf",
+        figure10_pdf=f"{RESULTS}/deepsc/report/figure10_evidence.pdf",
     params:
         run_dirs=lambda wildcards, input: [os.path.dirname(p) for p in input.runs],
         out_dir=subpath(output.table2, parent=True),
@@ -115,7 +124,8 @@ rule deepsc_report:
     benchmark:
         f"{BENCH}/deepsc_report.tsv"
     shell:
-        "covidmtl deepsc-report --run-dirs {params.run_dirs} --out-dir {params.out_dir} > {log} 2>&1"
+        "covidmtl deepsc-report --run-dirs {params.run_dirs} --paper-values {input.paper_values}"
+        " --out-dir {params.out_dir} > {log} 2>&1"
 
 
 rule deepsc_findings:
@@ -138,6 +148,10 @@ rule deepsc_findings:
             subcategory="Figures",
             labels={"item": "Section III", "content": "lesion findings per class"},
         ),
+        table_md=f"{RESULTS}/deepsc/findings/findings_table.md",
+        subjects=f"{RESULTS}/deepsc/findings/findings_subjects.csv",
+        hu_histogram=f"{RESULTS}/deepsc/findings/findings_hu_histogram.csv",
+        figure_pdf=f"{RESULTS}/deepsc/findings/figure1_findings.pdf",
     params:
         deepsc=params_json("deepsc"),
         lungseg_dir=f"{RESULTS}/lungseg",

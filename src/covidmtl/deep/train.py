@@ -148,6 +148,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 # ------------------------------------------------------------------ loop
 
 
+def warn_skipped(skipped: int, where: str) -> None:
+    if skipped:
+        log.warning("%s: %d step(s) skipped for a non-finite float16 loss (left out of the epoch means)",
+                    where, skipped)
+
+
 def _to_device(tree: Any, device: torch.device, channels_last: bool) -> Any:
     if isinstance(tree, dict):
         return {k: _to_device(v, device, channels_last) for k, v in tree.items()}
@@ -157,6 +163,23 @@ def _to_device(tree: Any, device: torch.device, channels_last: bool) -> Any:
             t = t.contiguous(memory_format=torch.channels_last_3d)
         return t
     return tree
+
+
+# Under float16 a forward overflow gives a non-finite loss; the gradient scaler skips such a
+# step (and lowers its scale) as it skips one with overflowed gradients. Only this many
+# skipped steps in a row mean the training has diverged.
+MAX_CONSECUTIVE_SKIPPED_STEPS = 8
+
+
+def resolve_amp(enabled: bool, dtype_name: str, device: torch.device) -> tuple[bool, torch.dtype]:
+    """(autocast on?, its dtype): mixed precision only on CUDA; bfloat16 only where the GPU
+    has it natively (pre-Ampere cards emulate it: slow, and some 3D convolutions lack
+    kernels), float16 (with a gradient scaler) otherwise."""
+    amp = bool(enabled and device.type == "cuda")
+    dtype = torch.bfloat16 if dtype_name == "bfloat16" else torch.float16
+    if amp and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported(including_emulation=False):
+        dtype = torch.float16
+    return amp, dtype
 
 
 def _batch_size(batch: dict) -> int:
@@ -169,13 +192,8 @@ class Trainer:
         self.tasks = dict(tasks)
         self.device = resolve_device(settings.device)
         cuda = self.device.type == "cuda"
-        self.amp = bool(settings.amp and cuda)
-        self.amp_dtype = torch.bfloat16 if settings.amp_dtype == "bfloat16" else torch.float16
-        # Pre-Ampere GPUs only emulate bfloat16 (slow, and some 3D convolutions lack kernels):
-        # they get float16 with a gradient scaler instead.
-        if self.amp and self.amp_dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported(
-                including_emulation=False):
-            self.amp_dtype = torch.float16
+        self.amp, self.amp_dtype = resolve_amp(settings.amp, settings.amp_dtype, self.device)
+        self.skipped_in_a_row = 0
         self.channels_last = bool(settings.channels_last and cuda)
         if cuda:
             torch.backends.cudnn.benchmark = True
@@ -219,7 +237,7 @@ class Trainer:
         self.criterion.train()
         sums = {"total": 0.0, **{t: 0.0 for t in self.tasks}}
         correct = {t: 0 for t in self.tasks}
-        n = 0
+        n = skipped = 0
         loader = self.loader(dataset, train=True, epoch=epoch)
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.settings.epochs} train", leave=False,
                    disable=not self.settings.progress, mininterval=1.0, dynamic_ncols=True)
@@ -229,22 +247,9 @@ class Trainer:
             with self.autocast():
                 logits = self.model(**inputs)
                 total, per_task = self.criterion(logits, targets)
-            if not torch.isfinite(total):
-                raise FloatingPointError(f"training loss is {total.item()} in epoch {epoch + 1}; lower the "
-                                         f"learning rate or check the inputs")
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.scaler is not None:
-                self.scaler.scale(total).backward()
-                if self.settings.grad_clip_norm:
-                    self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
-                    self._clip_gradients()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                total.backward()
-                if self.settings.grad_clip_norm:
-                    self._clip_gradients()
-                self.optimizer.step()
+            if not self.optimizer_step(total, f"in epoch {epoch + 1}"):
+                skipped += 1
+                continue
             b = _batch_size(batch)
             n += b
             sums["total"] += float(total.detach()) * b
@@ -253,11 +258,44 @@ class Trainer:
                 correct[t] += int((logits[t].detach().argmax(1) == targets[t]).sum())
             bar.set_postfix(loss=f"{sums['total'] / n:.4f}")
         bar.close()
+        warn_skipped(skipped, f"epoch {epoch + 1}")
         out = {"train_loss_total": sums["total"] / max(n, 1)}
         for t in self.tasks:
             out[f"train_loss_{t}"] = sums[t] / max(n, 1)
             out[f"train_acc_{t}"] = correct[t] / max(n, 1)
         return out
+
+    def optimizer_step(self, total: torch.Tensor, where: str) -> bool:
+        """Backward pass and optimiser step for one batch's loss; False when the step was skipped
+        (float16 only: the gradient scaler skips a step whose loss or gradients overflowed).
+        Without a scaler a non-finite loss is an error at once, as are
+        MAX_CONSECUTIVE_SKIPPED_STEPS skipped steps in a row."""
+        finite = bool(torch.isfinite(total))
+        if not finite and self.scaler is None:
+            raise FloatingPointError(f"training loss is {total.item()} {where}; lower the learning rate or check "
+                                     f"the inputs")
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(total).backward()
+            if self.settings.grad_clip_norm:
+                self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+                self._clip_gradients()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            total.backward()
+            if self.settings.grad_clip_norm:
+                self._clip_gradients()
+            self.optimizer.step()
+        if finite:
+            self.skipped_in_a_row = 0
+            return True
+        self.skipped_in_a_row += 1
+        if self.skipped_in_a_row >= MAX_CONSECUTIVE_SKIPPED_STEPS:
+            raise FloatingPointError(f"training loss is {total.item()} in {self.skipped_in_a_row} batches in a row "
+                                     f"{where} under float16 mixed precision; set amp_dtype to bfloat16 (or amp to "
+                                     f"false), lower the learning rate or check the inputs")
+        return False
 
     def _clip_gradients(self) -> None:
         params = [p for group in self.optimizer.param_groups for p in group["params"]]

@@ -40,11 +40,15 @@ class PreprocessConfig:
 @dataclass
 class SegmentationConfig:
     patch_size: tuple[int, int, int] = (24, 256, 256)
-    """(D, H, W) of the non-overlapping 3D patches of the lesion subnet; predictions are
-    stitched back to the whole volume (section V-A). Each must be divisible by 8 (three
-    down-transitions)."""
+    """(D, H, W) of the 3D patches of the lesion subnet. Inference tiles the volume with
+    non-overlapping patches and stitches the predictions back (section V-A); training draws
+    random patches instead (train_patches_per_subject, positive_fraction). Each must be
+    divisible by 8 (three down-transitions)."""
     train_patches_per_subject: int = 4
-    """Random training patches drawn per subject and epoch (not stated in the paper)."""
+    """Random training patches drawn per subject and epoch. Deliberate deviation from the
+    paper, which describes non-overlapping patches only (section V-A, i.e. tiles for training
+    too); random patches, a share centred on lesions, see the scarce lesion voxels more often
+    at the same cost per epoch."""
     positive_fraction: float = 0.5
     """Share of training patches centred on a lesion voxel (subjects with lesions); the rest
     are uniform over the volume (not stated in the paper)."""

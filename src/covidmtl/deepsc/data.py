@@ -7,9 +7,14 @@ mask ``<lungseg_dir>/<dataset>/<subject>/lung_refined.nii.gz`` (same grid as the
 Preprocessing (section V-A): HU truncated to ``preprocess.hu_window`` ([-1400, 200]) and
 scaled to [0, 1], multiplied by the lung mask; optionally cut to the lung bounding box.
 
-- Segmentation input: 3D patches of ``segmentation.patch_size``. Training draws random
-  patches (a share centred on lesion voxels); inference tiles the volume with
-  non-overlapping patches (zero-padded at the far ends) and stitches the predictions back.
+- Segmentation input: 3D patches of ``segmentation.patch_size``. Inference tiles the volume
+  with non-overlapping patches (zero-padded at the far ends) and stitches the predictions
+  back, as the paper does. Training draws ``segmentation.train_patches_per_subject`` random
+  patches per subject and epoch, a share (``positive_fraction``) centred on lesion voxels:
+  a deliberate deviation from the paper, which describes non-overlapping patches only
+  (section V-A, i.e. tiles for training too).
+  Lesions fill a few percent of a lung; lesion-centred patches show them more often at the
+  same cost per epoch, and fresh patch positions every epoch act as augmentation.
 - Classification input: N equidistant axial slices (eq. 12), slice n of S at
   floor((n + 1/2) S / N), resized in-plane to ``classification.slice_size``.
 

@@ -48,7 +48,7 @@ from covidmtl.deepsc.data import (CLASSES, STAGE, CaseStore, DeepSCDataset, Subj
 from covidmtl.deepsc.inference import full_lesion_mask, full_volume, predict_case
 from covidmtl.deepsc.losses import DeepSCLoss, class_weights
 from covidmtl.deepsc.metrics import classification_metrics, segmentation_metrics, summarise_segmentation
-from covidmtl.deepsc.train import fit_stages
+from covidmtl.deepsc.train import amp_settings, fit_stages
 from covidmtl.deepsc.variants import (VARIANTS, VariantSpec, build_model, data_mode, get_variant, inference_mode,
                                       phases)
 from covidmtl.errors import PipelineInputError
@@ -180,6 +180,10 @@ def run(spec: VariantSpec, cfg: DeepSCConfig, manifest: Path, split: Path, lungs
     fingerprint_src = {"variant": spec.name, "config": training_config(cfg), "seed": seed,
                        "train": [s.subject_id for s in subjects.train], "test": [s.subject_id for s in subjects.test],
                        "init_from": [_digest(Path(p)) for p in init_from if Path(p).is_file()]}
+    if spec.architecture == "deepsc" and not spec.cross_stitch:
+        # Checkpoints of earlier versions stored (and --init-from overwrote) the fixed identity
+        # mixing; this key makes a rerun discard such a checkpoint instead of resuming it.
+        fingerprint_src["cross_stitch"] = "fixed identity, not saved"
     fingerprint = hashlib.sha256(json.dumps(fingerprint_src, sort_keys=True).encode()).hexdigest()[:16]
 
     seed_everything(seed)
@@ -209,8 +213,7 @@ def run(spec: VariantSpec, cfg: DeepSCConfig, manifest: Path, split: Path, lungs
 
     # ---------------------------------------------------------------- final test evaluation
     device = resolve_device(cfg.train.device)
-    amp = bool(cfg.train.amp and device.type == "cuda")
-    amp_dtype = torch.bfloat16 if cfg.train.amp_dtype == "bfloat16" else torch.float16
+    amp, amp_dtype = amp_settings(cfg, device)
     model.to(device)
     mode = inference_mode(spec)
     example_id = _example_subject(subjects.test)
@@ -220,8 +223,8 @@ def run(spec: VariantSpec, cfg: DeepSCConfig, manifest: Path, split: Path, lungs
         case = test_store(subject.subject_id)
         kwargs = dict(mode=mode, tasks=spec.tasks, patch_size=cfg.segmentation.patch_size,
                       batch_size=cfg.train.batch_size, device=device, amp=amp, amp_dtype=amp_dtype)
-        if i == 0:  # warm-up (allocator, cuDNN autotuning) is not timed
-            predict_case(model, case, **kwargs)
+        if i == 0:  # warm-up (allocator, cuDNN autotuning) is not timed; predict_case feeds every
+            predict_case(model, case, **kwargs)  # scan the same batch shapes, so one warm-up covers all
         times = []
         for _ in range(max(1, cfg.evaluation.timing_repeats)):
             pred = predict_case(model, case, **kwargs)

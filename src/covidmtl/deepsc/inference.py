@@ -4,6 +4,9 @@ Segmentation: the preprocessed volume is tiled with non-overlapping patches (zer
 the far ends), each patch is segmented, and the lesion probabilities are stitched back and
 put into the full CT grid (zeros outside the lung box). Classification: the N-slice input.
 Evidence masks (eq. 5) of the predicted class are resampled to the volume for display.
+Every patch batch has ``batch_size`` patches (the last one filled with zero patches), so
+that all scans run the same input shapes and an untimed warm-up scan covers cuDNN's
+autotuning.
 The time per scan covers both tasks from the preprocessed arrays to the outputs (the
 paper's 2.2 s per scan on GPU).
 """
@@ -49,10 +52,17 @@ def predict_case(model: nn.Module, case: Case, mode: str, tasks: tuple[str, ...]
         patches, starts = extract_patches(case.image, patch_size)
         probs = []
         for i in range(0, len(patches), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(patches[i:i + batch_size]))[:, None].to(device)
+            batch = patches[i:i + batch_size]
+            n = len(batch)
+            # Zero patches fill the last batch: every batch of every scan has one shape, so cuDNN
+            # autotunes once (in the warm-up) and not inside a timed scan. Samples are independent
+            # in eval mode (group norm, batch norm with running statistics).
+            if n < batch_size:
+                batch = np.concatenate([batch, np.zeros((batch_size - n, *batch.shape[1:]), batch.dtype)])
+            x = torch.from_numpy(np.ascontiguousarray(batch))[:, None].to(device)
             with autocast:
                 out = model(seg_image=x, mode="seg" if mode == "separate" else mode)
-            probs.append(torch.sigmoid(out["seg_logits"].float())[:, 0].cpu().numpy())
+            probs.append(torch.sigmoid(out["seg_logits"][:n].float())[:, 0].cpu().numpy())
         lesion_prob = stitch_patches(np.concatenate(probs), starts, case.image.shape)
     if "cls" in tasks:
         x = torch.from_numpy(case.cls_input)[None, None].to(device)

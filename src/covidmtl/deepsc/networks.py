@@ -99,7 +99,9 @@ class CrossStitch(nn.Module):
         if learnable:
             self.alpha = nn.Parameter(alpha)
         else:
-            self.register_buffer("alpha", alpha)
+            # Not in the state dict: --init-from a pre-trained model (learned alpha) must not
+            # turn the ablation's fixed identity into a learned feature exchange.
+            self.register_buffer("alpha", alpha, persistent=False)
         self.cls_to_seg = nn.Identity() if cls_channels == seg_channels else nn.Conv3d(cls_channels, seg_channels, 1)
         self.seg_to_cls = nn.Identity() if cls_channels == seg_channels else nn.Conv3d(seg_channels, cls_channels, 1)
 

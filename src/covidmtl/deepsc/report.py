@@ -16,10 +16,24 @@ tables and shown as "not run" in the figures. Writes:
   (PNG + PDF).
 
 Paper numbers stand in "(paper)" columns beside the reproduced ones, only where we are sure
-of them; built in is only the inference time of 2.2 s per scan (GPU) of the full model.
-``--paper-values`` adds checked numbers from a CSV (columns ``model, metric, value``; model
-= variant name, metric = a column key of ``metrics_deepsc.csv`` such as ``accuracy``,
-``auc``, ``dsc``, ``nsd``, ``inference_seconds``).
+of them; a number we do not have is an empty cell. Built in is only the inference time of
+2.2 s per scan (GPU) of the full model. The others come from ``--paper-values``, the
+project's one file of checked paper numbers ``config/paper_values.csv`` (columns ``task,
+model, metric, value, source``), whose DeepSC-COVID rows follow this convention:
+
+- ``task``: ``deepsc_table2`` (Table II) or ``deepsc_table3`` (Table III); rows of other
+  tasks belong to the other papers and are ignored here;
+- ``model``: the variant name of the table row (``TABLE2_RUNS``: deepsc, seg_only,
+  cls_only, no_inception, no_cross_stitch, resnet50_cls, unet3d_seg; ``TABLE3_RUNS``:
+  lambda_ta_0, single_scale_ta, multi_scale_ta -- also when the full model stands in for
+  a Table III row);
+- ``metric``: a column key (``COLUMNS``): accuracy, sensitivity, specificity, f1, auc, dsc,
+  seg_sensitivity, seg_specificity, nsd, rms_ssd_mm, inference_seconds;
+- ``value`` as the paper prints it (fractions, not percent, where the column is a fraction);
+  an empty value is allowed (an empty cell); ``source`` says where in the paper it stands.
+
+A DeepSC task with an unknown model or metric, or a number given twice, is an error (a typo
+would otherwise leave a cell silently empty). A file row overrides the built-in 2.2 s.
 """
 
 from __future__ import annotations
@@ -39,11 +53,13 @@ from covidmtl.tables import write_table
 
 log = logging.getLogger(__name__)
 
-PAPER_VALUES = pd.DataFrame([("deepsc", "inference_seconds", 2.2)], columns=["model", "metric", "value"])
-
 TABLE2_RUNS = ["deepsc", "seg_only", "cls_only", "no_inception", "no_cross_stitch", "resnet50_cls", "unet3d_seg"]
 TABLE3_RUNS = [("lambda_ta_0", "w/o task-aware loss (lambda_ta = 0)"), ("single_scale_ta", "single-scale task-aware loss"),
                ("multi_scale_ta", "multi-scale task-aware loss")]
+# task of config/paper_values.csv -> the variants (models) of that table
+PAPER_TASKS = {"deepsc_table2": TABLE2_RUNS, "deepsc_table3": [v for v, _ in TABLE3_RUNS]}
+PAPER_COLUMNS = ["task", "model", "metric", "value"]
+BUILT_IN_PAPER_VALUES = pd.DataFrame([("deepsc_table2", "deepsc", "inference_seconds", 2.2)], columns=PAPER_COLUMNS)
 SEG_RUNS = ["deepsc", "seg_only", "no_inception", "no_cross_stitch", "unet3d_seg"]
 
 # (key in metrics_deepsc.csv, column title)
@@ -101,16 +117,53 @@ def summary_row(variant: str, record: dict) -> dict:
     return row
 
 
-def _paper(paper: pd.DataFrame, model: str, metric: str):
+def read_paper_values(path: Path | None) -> pd.DataFrame:
+    """The DeepSC-COVID rows (task, model, metric, value) of a paper-values CSV on top of the
+    built-in ones; checks them against the tables (see the module docstring)."""
+    if path is None:
+        return BUILT_IN_PAPER_VALUES.copy()
+    table = pd.read_csv(path, dtype={"task": str, "model": str, "metric": str})
+    missing = set(PAPER_COLUMNS) - set(table.columns)
+    if missing:
+        raise ValueError(f"{path}: paper-values file lacks columns {sorted(missing)}")
+    table = table[table["task"].astype(str).str.startswith("deepsc")][PAPER_COLUMNS]
+    try:
+        table["value"] = pd.to_numeric(table["value"], errors="raise")
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{path}: a DeepSC-COVID paper value is not a number ({err})") from err
+    metrics = {key for key, _ in COLUMNS}
+    problems = [f"task {t!r} (known: {', '.join(PAPER_TASKS)})" for t in sorted(set(table["task"]) - set(PAPER_TASKS))]
+    for _, r in table[table["task"].isin(list(PAPER_TASKS))].iterrows():
+        if r["model"] not in PAPER_TASKS[r["task"]]:
+            problems.append(f"{r['task']} has no row {r['model']!r} (rows: {', '.join(PAPER_TASKS[r['task']])})")
+        if r["metric"] not in metrics:
+            problems.append(f"metric {r['metric']!r} (known: {', '.join(sorted(metrics))})")
+    twice = table[table.duplicated(["task", "model", "metric"], keep=False)]
+    if len(twice):
+        problems.append("numbers given twice: " + ", ".join(sorted({"/".join(k) for k in
+                                                                    twice[["task", "model", "metric"]].values})))
+    if problems:
+        raise ValueError(f"{path}: bad DeepSC-COVID paper values: " + "; ".join(problems))
+    # The file's numbers win over the built-in ones.
+    return pd.concat([table, BUILT_IN_PAPER_VALUES], ignore_index=True).drop_duplicates(
+        ["task", "model", "metric"], keep="first").reset_index(drop=True)
+
+
+def _paper(paper: pd.DataFrame, model: str, metric: str) -> float | None:
     hit = paper[(paper["model"] == model) & (paper["metric"] == metric)]
-    return float(hit["value"].iloc[0]) if len(hit) else None
+    if not len(hit) or pd.isna(hit["value"].iloc[0]):
+        return None
+    return float(hit["value"].iloc[0])
 
 
-def build_table(summary: pd.DataFrame, rows: list[tuple[str, str]], paper: pd.DataFrame, digits: int = 3
-                ) -> pd.DataFrame:
+def build_table(summary: pd.DataFrame, rows: list[tuple[str, str]], paper: pd.DataFrame, digits: int = 3,
+                paper_rows: list[str] | None = None) -> pd.DataFrame:
+    """One row per run in ``rows`` (variant, label); ``paper`` holds this table's paper values,
+    looked up by ``paper_rows[i]`` (default: the variant), the paper's row a run stands for."""
     out = []
     by_variant = summary.set_index("variant") if not summary.empty else pd.DataFrame()
-    for variant, label in rows:
+    paper_rows = paper_rows or [v for v, _ in rows]
+    for (variant, label), paper_row in zip(rows, paper_rows):
         if variant not in by_variant.index:
             continue
         s = by_variant.loc[variant]
@@ -118,7 +171,7 @@ def build_table(summary: pd.DataFrame, rows: list[tuple[str, str]], paper: pd.Da
         for key, title in COLUMNS:
             v = s.get(key)
             row[title] = None if v is None or pd.isna(v) else round(float(v), digits)
-            row[f"{title} (paper)"] = _paper(paper, variant, key)
+            row[f"{title} (paper)"] = _paper(paper, paper_row, key)
         row["Inference device"] = s.get("device")
         row["n test"] = int(s["n_test"]) if pd.notna(s.get("n_test")) else None
         out.append(row)
@@ -127,10 +180,18 @@ def build_table(summary: pd.DataFrame, rows: list[tuple[str, str]], paper: pd.Da
 
 
 def table3_rows(runs: dict[str, dict]) -> list[tuple[str, str]]:
-    rows = list(TABLE3_RUNS)
-    # The full model stands in for the multi-scale row when that variant was not run separately.
-    if "multi_scale_ta" not in runs and runs.get("deepsc", {}).get("metrics", {}).get("task_aware_scales") == "multi":
-        rows[2] = ("deepsc", "multi-scale task-aware loss (full model)")
+    """TABLE3_RUNS, the full model standing in for a row whose variant was not run because it
+    equals the full model under the config (see ``variants.same_as_full_model``)."""
+    full = runs.get("deepsc", {}).get("metrics", {})
+    rows = []
+    for variant, label in TABLE3_RUNS:
+        spec = VARIANTS[variant]
+        if variant not in runs and full and \
+                (spec.lambda_ta is None or full.get("lambda_ta") == spec.lambda_ta) and \
+                (spec.task_aware_scales is None or full.get("task_aware_scales") == spec.task_aware_scales):
+            rows.append(("deepsc", f"{label} (full model)"))
+        else:
+            rows.append((variant, label))
     return rows
 
 
@@ -160,25 +221,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-dirs", type=Path, nargs="+", required=True, help="deepsc-train output folders")
     ap.add_argument("--out-dir", type=Path, required=True)
     ap.add_argument("--paper-values", type=Path, default=None,
-                    help="CSV (model, metric, value) of checked paper numbers, added to the built-in ones")
+                    help="config/paper_values.csv (task, model, metric, value, source): its deepsc_table2/3 "
+                         "rows fill the paper columns; without it only the built-in 2.2 s per scan")
     args = ap.parse_args(argv)
+    paper = read_paper_values(args.paper_values)
     out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
     runs = load_runs(args.run_dirs)
-    paper = PAPER_VALUES
-    if args.paper_values:
-        extra = pd.read_csv(args.paper_values, dtype={"model": str, "metric": str})
-        missing = {"model", "metric", "value"} - set(extra.columns)
-        if missing:
-            raise ValueError(f"{args.paper_values}: paper-values file lacks columns {sorted(missing)}")
-        paper = pd.concat([extra, paper], ignore_index=True).drop_duplicates(["model", "metric"], keep="first")
 
     variants = _ordered(runs)
     summary = pd.DataFrame([summary_row(v, runs[v]) for v in variants])
     summary.to_csv(out / "metrics_deepsc.csv", index=False)
     labels = {v: runs[v]["metrics"].get("label", v) for v in variants}
-    t2 = build_table(summary, [(v, VARIANTS[v].label) for v in TABLE2_RUNS], paper)
-    t3 = build_table(summary, table3_rows(runs), paper)
+    t2 = build_table(summary, [(v, VARIANTS[v].label) for v in TABLE2_RUNS], paper[paper["task"] == "deepsc_table2"])
+    t3 = build_table(summary, table3_rows(runs), paper[paper["task"] == "deepsc_table3"],
+                     paper_rows=[v for v, _ in TABLE3_RUNS])
     write_table(t2 if not t2.empty else pd.DataFrame({"note": ["no Table II run finished"]}), out / "table2_deepsc")
     write_table(t3 if not t3.empty else pd.DataFrame({"note": ["no Table III run finished"]}), out / "table3_deepsc")
 

@@ -11,7 +11,8 @@ gradient scaler), channels_last_3d, the epoch-seeded sampler, the checkpoint con
   with its own optimizer; ``checkpoint.pt`` records the stage and the epoch within it, and
   a rerun resumes there (a finished stage is never repeated);
 - outputs that are not class logits (lesion maps, evidence masks) and losses that need the
-  model (task-aware loss), so the epoch loops are DeepSC's own.
+  model (task-aware loss), so the epoch loops are DeepSC's own (the backward pass and
+  optimiser step, incl. float16 step skipping, are the shared ``Trainer.optimizer_step``).
 
 The shared :func:`covidmtl.deep.train.fit` builds its SGD ``Trainer`` internally and runs a
 single stage, which is why it is not called directly (see the report for the small
@@ -35,12 +36,17 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from covidmtl.deep.evaluate import quick_metrics
-from covidmtl.deep.train import (CHECKPOINT_FORMAT, FitSettings, Trainer, _to_device, load_checkpoint, save_atomic,
-                                 set_rng_state, write_history)
+from covidmtl.deep.train import (CHECKPOINT_FORMAT, FitSettings, Trainer, _to_device, load_checkpoint, resolve_amp,
+                                 save_atomic, set_rng_state, warn_skipped, write_history)
 from covidmtl.deepsc.config import DeepSCConfig
 from covidmtl.deepsc.variants import Phase
 
 log = logging.getLogger(__name__)
+
+
+def amp_settings(cfg: DeepSCConfig, device: torch.device) -> tuple[bool, torch.dtype]:
+    """(autocast on?, its dtype) for inference on ``device``, chosen as the training loop does."""
+    return resolve_amp(cfg.train.amp, cfg.train.amp_dtype, device)
 
 
 def fit_settings(cfg: DeepSCConfig, phase: Phase, seed: int) -> FitSettings:
@@ -89,21 +95,14 @@ class StageTrainer(Trainer):
         dice_num = dice_den = 0.0
         correct = n = 0
         saw_cls = False
+        skipped = 0
         bar = tqdm(self.loader(dataset, train=True, epoch=epoch), leave=False, mininterval=1.0, dynamic_ncols=True,
                    desc=f"epoch {epoch + 1}/{total_epochs} {self.phase.name}", disable=not self.settings.progress)
         for batch in bar:
             total, parts, out, targets = self._step(batch, train=True)
-            if not torch.isfinite(total):
-                raise FloatingPointError(f"training loss is {total.item()} in epoch {epoch + 1} ({self.phase.name}); "
-                                         f"lower the learning rate or check the inputs")
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.scaler is not None:
-                self.scaler.scale(total).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                total.backward()
-                self.optimizer.step()
+            if not self.optimizer_step(total, f"in epoch {epoch + 1} ({self.phase.name})"):
+                skipped += 1
+                continue
             b = len(batch["subject_id"])
             n += b
             sums["total"] = sums.get("total", 0.0) + float(total.detach()) * b
@@ -118,6 +117,7 @@ class StageTrainer(Trainer):
                 correct += int((out["cls_logits"].detach().argmax(1) == targets["label"]).sum())
             bar.set_postfix(loss=f"{sums['total'] / n:.4f}")
         bar.close()
+        warn_skipped(skipped, f"epoch {epoch + 1} ({self.phase.name})")
         row = {f"train_loss_{k}": v / max(n, 1) for k, v in sums.items()}
         if dice_den:
             row["train_dice_patch"] = dice_num / dice_den

@@ -103,6 +103,23 @@ def get_variant(name: str) -> VariantSpec:
     return VARIANTS[name]
 
 
+def same_as_full_model(cfg: DeepSCConfig | dict) -> list[str]:
+    """Variants that under ``cfg`` train exactly the full model ``deepsc`` (same architecture,
+    tasks, stages, lambda_ta and task-aware scales), e.g. ``lambda_ta_10`` and
+    ``multi_scale_ta`` when ``deepsc.loss`` says lambda_ta = 10, scales = multi. The workflow
+    does not train them; the report takes their rows and points from ``deepsc``.
+    ``cfg`` may be the ``deepsc`` config section as a dict (the Snakefile's view)."""
+    if not isinstance(cfg, DeepSCConfig):
+        cfg = DeepSCConfig.from_dict(cfg)
+    full = VARIANTS["deepsc"]
+
+    def setting(spec: VariantSpec) -> tuple:
+        return (spec.architecture, spec.tasks, spec.inception, spec.cross_stitch, spec.finetune,
+                spec.effective_lambda_ta(cfg), spec.effective_scales(cfg))
+
+    return [name for name, spec in VARIANTS.items() if name != full.name and setting(spec) == setting(full)]
+
+
 def build_model(spec: VariantSpec, cfg: DeepSCConfig) -> nn.Module:
     from covidmtl.deepsc.networks import DeepSC, ResNet50Classifier, UNet3DSegmenter
 

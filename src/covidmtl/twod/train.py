@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from covidmtl.deep.evaluate import quick_metrics
 from covidmtl.deep.train import (CHECKPOINT_FORMAT, FitSettings, Trainer, load_checkpoint, save_atomic,
-                                 write_history)
+                                 warn_skipped, write_history)
 from covidmtl.twod.metrics import confusion_counts, segmentation_summary
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ class TwoDTrainer(Trainer):
         self.model.train()
         self.criterion.train()
         sums: dict[str, float] = {}
-        n = correct = 0
+        n = correct = skipped = 0
         step_times = []
         bar = tqdm(self.loader(dataset, train=True, epoch=epoch), desc=f"epoch {epoch + 1}/{self.settings.epochs} train",
                    leave=False, disable=not self.settings.progress, mininterval=1.0, dynamic_ncols=True)
@@ -137,17 +137,9 @@ class TwoDTrainer(Trainer):
             with self.autocast():
                 out = self.model(image=image)
                 total, parts = self.criterion(out, targets)
-            if not torch.isfinite(total):
-                raise FloatingPointError(f"training loss is {total.item()} in epoch {epoch + 1}; lower the "
-                                         f"learning rate or check the inputs")
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.scaler is not None:
-                self.scaler.scale(total).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                total.backward()
-                self.optimizer.step()
+            if not self.optimizer_step(total, f"in epoch {epoch + 1}"):
+                skipped += 1
+                continue
             step_times.append(self.step_timer() - t0)
             b = image.shape[0]
             n += b
@@ -157,6 +149,7 @@ class TwoDTrainer(Trainer):
                 correct += int((out["label"].detach().argmax(1) == targets["label"]).sum())
             bar.set_postfix(loss=f"{sums['total'] / n:.4f}")
         bar.close()
+        warn_skipped(skipped, f"epoch {epoch + 1}")
         row = {f"train_loss_{k}": v / max(n, 1) for k, v in sums.items()}
         if "cls" in sums:
             row["train_acc"] = correct / max(n, 1)

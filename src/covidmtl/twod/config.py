@@ -262,3 +262,15 @@ def scaled(channels: int, width: float, minimum: int = 1) -> int:
 def knob_table() -> list[dict[str, str]]:
     """Every knob as (dotted name, type, default, description), for the schema and the README."""
     return sectionconfig.knob_table(TwoDConfig, "twod")
+
+def add_config_arguments(ap) -> None:
+    """--params/--seed of the 2D commands that read the ``twod`` section (see :func:`config_from_args`)."""
+    ap.add_argument("--params", default="{}", help="JSON of the `twod` config section")
+    ap.add_argument("--seed", type=int, default=None, help="overrides twod.seed")
+
+
+def config_from_args(args) -> TwoDConfig:
+    cfg = TwoDConfig.from_json(args.params)
+    if args.seed is not None:
+        cfg.seed = args.seed
+    return cfg

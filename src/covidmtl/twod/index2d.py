@@ -54,7 +54,7 @@ from PIL import Image
 from covidmtl.datasets.layout import IMAGE_SUFFIXES, IMAGE2D, SLICES2D, nifti_stem
 from covidmtl.errors import PipelineInputError
 from covidmtl.stageplan import read_indexes
-from covidmtl.twod.config import TwoDConfig
+from covidmtl.twod.config import TwoDConfig, add_config_arguments, config_from_args
 from covidmtl.twod.data import INDEX_COLUMNS, labels_from_text, patient_split, resize_image, resize_mask, to_gray_float
 from covidmtl.twod.slices import HU_AIR, window
 
@@ -291,13 +291,10 @@ def main(argv: list[str] | None = None) -> int:
                                                                       "their image2d/slices2d rows are used")
     ap.add_argument("--exclude-subjects", nargs="*", default=[], help="subject ids to leave out")
     ap.add_argument("--volume-slices", type=Path, default=None, help="index.csv of twod-slices (curated volumes)")
-    ap.add_argument("--params", default="{}", help="JSON of the `twod` config section")
-    ap.add_argument("--seed", type=int, default=None, help="overrides twod.seed")
+    add_config_arguments(ap)
     ap.add_argument("--out-dir", type=Path, required=True)
     args = ap.parse_args(argv)
-    cfg = TwoDConfig.from_json(args.params)
-    if args.seed is not None:
-        cfg.seed = args.seed
+    cfg = config_from_args(args)
     for path in args.index:
         if not path.is_file():
             raise PipelineInputError(STAGE, "the dataset index does not exist", path=path,

@@ -32,7 +32,7 @@ from PIL import Image
 from scipy import ndimage
 
 from covidmtl.errors import PipelineInputError
-from covidmtl.twod.config import SlicesConfig, TwoDConfig
+from covidmtl.twod.config import SlicesConfig, TwoDConfig, add_config_arguments, config_from_args
 from covidmtl.twod.data import INDEX_COLUMNS, labels_from_text, patient_split, resize_image, resize_mask
 
 log = logging.getLogger(__name__)
@@ -167,13 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="covidmtl twod-slices", description=__doc__.split("\n\n")[0])
     ap.add_argument("--manifest", type=Path, required=True, help="manifest CSV (subject_id, patient_id, diagnosis3, "
                                                                  "ct_path, lung_mask_path, lesion_mask_path)")
-    ap.add_argument("--params", default="{}", help="JSON of the `twod` config section")
-    ap.add_argument("--seed", type=int, default=None, help="overrides twod.seed")
+    add_config_arguments(ap)
     ap.add_argument("--out-dir", type=Path, required=True)
     args = ap.parse_args(argv)
-    cfg = TwoDConfig.from_json(args.params)
-    if args.seed is not None:
-        cfg.seed = args.seed
+    cfg = config_from_args(args)
     if not args.manifest.is_file():
         raise PipelineInputError(STAGE, "the manifest does not exist", path=args.manifest,
                                  hint="run the manifest rule first")

@@ -12,8 +12,9 @@ Run on purpose: ``pytest -m benchmark benchmarks/bench_deepsc.py -s``.
 - Inference: whole-scan prediction (both tasks, patches stitched) of the trained-size
   model on a toy chest of 40x70x90 voxels (the smoke cohort at 2 mm), seconds per scan.
 
-``BENCH_DEEPSC_SIZE=paper`` uses the paper's sizes (width 1, 24x256x256 patches, N = 48 of
-256x256, batch 2; a 1 mm chest of 300x320x400 voxels for inference) -- meant for a GPU.
+The CUDA run uses the paper's sizes (width 1, 24x256x256 patches, N = 48 of 256x256,
+batch 2; a 1 mm chest of 300x320x400 voxels for inference); ``BENCH_DEEPSC_SIZE`` (smoke |
+paper) overrides the size of both runs.
 ``BENCH_DEEPSC_STEPS`` (default 3 timed steps after one warm-up), ``BENCH_DEEPSC_THREADS``.
 Results are printed and written to ``results/benchmarks/bench_deepsc.json``.
 """
@@ -27,9 +28,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from benchinfo import device_name
 
 REPO = Path(__file__).resolve().parents[1]
-PRESET = os.environ.get("BENCH_DEEPSC_SIZE", "smoke")
+# CPU: the smoke size; CUDA: the paper's (inference seconds per scan at full size)
+PRESET_CPU = os.environ.get("BENCH_DEEPSC_SIZE", "smoke")
+PRESET_CUDA = os.environ.get("BENCH_DEEPSC_SIZE", "paper")
 SIZES = {
     "smoke": {"params": {"width_multiplier": 0.125, "segmentation": {"patch_size": [8, 32, 32]},
                          "classification": {"n_slices": 8, "slice_size": [32, 32]},
@@ -151,23 +155,24 @@ def _save(key: str, value) -> None:
     out.write_text(json.dumps(existing, indent=1))
 
 
-def _run(device: str, threads: int) -> None:
-    rows = [(label, _isolated(f"measure_step({v!r}, {m!r}, {device!r}, {PRESET!r}, {STEPS}, {threads})"))
+def _run(device: str, threads: int, preset: str) -> None:
+    rows = [(label, _isolated(f"measure_step({v!r}, {m!r}, {device!r}, {preset!r}, {STEPS}, {threads})"))
             for label, v, m in CASES]
-    inference = _isolated(f"measure_inference({device!r}, {PRESET!r}, {threads})")
-    print(f"\n{device}, {PRESET} size, {threads} thread(s)")
+    inference = _isolated(f"measure_inference({device!r}, {preset!r}, {threads})")
+    inference["device_name"] = device_name(device)
+    print(f"\n{device} ({inference['device_name']}), {preset} size, {threads} thread(s)")
     print(f"{'training step':44s} {'params':>9s} {'s/step':>8s} {'peak MiB':>9s}")
     for label, r in rows:
         print(f"{label:44s} {r['parameters']:9d} {r['seconds_per_step']:8.3f} {r['peak_memory_mib']:9.1f}")
     print(f"inference (both tasks) on a {inference['scan_voxels']} chest (cut to {inference['cut_to_lung']}): "
           f"{inference['seconds_per_scan']:.3f} s per scan")
-    _save(f"{device}_{PRESET}", {"training": [{"case": label, **r} for label, r in rows], "inference": inference})
+    _save(f"{device}_{preset}", {"training": [{"case": label, **r} for label, r in rows], "inference": inference})
     assert all(r["seconds_per_step"] > 0 for _, r in rows) and inference["seconds_per_scan"] > 0
 
 
 @pytest.mark.benchmark
 def test_deepsc_cpu():
-    _run("cpu", int(os.environ.get("BENCH_DEEPSC_THREADS", min(2, os.cpu_count() or 1))))
+    _run("cpu", int(os.environ.get("BENCH_DEEPSC_THREADS", min(2, os.cpu_count() or 1))), PRESET_CPU)
 
 
 @pytest.mark.benchmark
@@ -176,4 +181,4 @@ def test_deepsc_cuda():
 
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    _run("cuda", 4)
+    _run("cuda", 4, PRESET_CUDA)

@@ -12,7 +12,6 @@ from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_sc
 from covidmtl.classical.figures import main as roc_main, roc_figure
 from covidmtl.classical.metrics import (
     binary_metrics,
-    load_paper_values,
     metrics_from_predictions,
     multiclass_metrics,
     read_predictions,
@@ -27,6 +26,7 @@ from covidmtl.classical.models import (
     train_and_evaluate,
     write_predictions,
 )
+from covidmtl.tables import read_paper_values
 
 FEATURES = ["original_firstorder_Maximum", "original_glcm_Contrast", "wavelet-HLL_glcm_ClusterProminence",
             "wavelet-LLL_glcm_Imc1", "wavelet-LLH_glrlm_RunEntropy"]
@@ -160,7 +160,7 @@ def test_tables_from_predictions(prediction_files, tmp_path):
             "AUC mean (paper)"} <= set(t4.columns)
     paper_csv = tmp_path / "paper.csv"
     pd.DataFrame([{"task": "ct", "model": "rf", "metric": "auc", "value": 0.5}]).to_csv(paper_csv, index=False)
-    t3p = table3(metrics, load_paper_values(paper_csv))
+    t3p = table3(metrics, read_paper_values(paper_csv))
     assert t3p.loc[0, "AUC (paper)"] == 0.5 and t3p["AUC (paper)"].isna().sum() == 5
     paths = write_tables(pred, tmp_path / "tables")
     for key in ("metrics", "table3", "table4"):

@@ -29,6 +29,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 
+from covidmtl.tables import paper_value, read_paper_values
+
 log = logging.getLogger(__name__)
 
 PREDICTION_COLUMNS = ["subject_id", "task", "model", "y_true", "y_pred"]
@@ -145,37 +147,17 @@ def metrics_from_predictions(pred: pd.DataFrame, threshold: float = 0.5) -> pd.D
     return pd.DataFrame(rows)
 
 
-def load_paper_values(path: str | Path | None) -> pd.DataFrame:
-    """Paper numbers (columns task, model, metric, value); empty when no file is given.
-
-    No numbers are built in: a value goes into a table only when someone has checked it
-    against the paper and put it in this file.
-    """
-    if path is None:
-        return pd.DataFrame(columns=["task", "model", "metric", "value"])
-    df = pd.read_csv(path, dtype={"task": str, "model": str, "metric": str})
-    missing = {"task", "model", "metric", "value"} - set(df.columns)
-    if missing:
-        raise ValueError(f"{path}: paper-values file lacks columns {sorted(missing)}")
-    return df
-
-
-def _paper(paper: pd.DataFrame, task: str, model: str, metric: str) -> float:
-    hit = paper[(paper["task"] == task) & (paper["model"] == model) & (paper["metric"] == metric)]
-    return float(hit["value"].iloc[0]) if len(hit) else float("nan")
-
-
 def table3(metrics: pd.DataFrame, paper: pd.DataFrame | None = None, tasks: Iterable[str] = ("ct", "nat"),
            digits: int = 3) -> pd.DataFrame:
     """COVID-MTL Table 3: diagnosis tasks, one row per (task, model), paper values beside."""
-    paper = load_paper_values(None) if paper is None else paper
+    paper = read_paper_values(None) if paper is None else paper
     rows = []
     for task in tasks:
         for _, m in metrics[metrics["task"] == task].iterrows():
             row = {"Task": TASK_LABELS.get(task, task), "Model": model_label(m["model"])}
             for metric in BINARY_METRICS:
                 row[METRIC_LABELS[metric]] = round(m[metric], digits)
-                row[f"{METRIC_LABELS[metric]} (paper)"] = _paper(paper, task, m["model"], metric)
+                row[f"{METRIC_LABELS[metric]} (paper)"] = paper_value(paper, task, m["model"], metric)
             row["n test"] = int(m["n"])
             rows.append(row)
     return pd.DataFrame(rows)
@@ -184,7 +166,7 @@ def table3(metrics: pd.DataFrame, paper: pd.DataFrame | None = None, tasks: Iter
 def table4(metrics: pd.DataFrame, paper: pd.DataFrame | None = None, task: str = "severity",
            digits: int = 3) -> pd.DataFrame:
     """COVID-MTL Table 4: severity, macro precision/recall/F1, accuracy, AUC per class and mean ± sd."""
-    paper = load_paper_values(None) if paper is None else paper
+    paper = read_paper_values(None) if paper is None else paper
     rows = []
     for _, m in metrics[metrics["task"] == task].iterrows():
         model = m["model"]
@@ -192,7 +174,7 @@ def table4(metrics: pd.DataFrame, paper: pd.DataFrame | None = None, task: str =
         for metric in ["precision", "recall", "f1", "accuracy"]:
             label = METRIC_LABELS[metric] + (" (macro)" if metric != "accuracy" else "")
             row[label] = round(m[metric], digits)
-            row[f"{label} (paper)"] = _paper(paper, task, model, metric)
+            row[f"{label} (paper)"] = paper_value(paper, task, model, metric)
         for c, name in SEVERITY_CLASS_LABELS.items():
             col = f"auc_class_{c}"
             if col in m and pd.notna(m[col]):
@@ -200,8 +182,8 @@ def table4(metrics: pd.DataFrame, paper: pd.DataFrame | None = None, task: str =
         row["AUC mean ± sd"] = f"{m['auc']:.{digits}f} ± {m['auc_sd']:.{digits}f}"
         row["AUC mean"] = round(m["auc"], digits)
         row["AUC sd"] = round(m["auc_sd"], digits)
-        row["AUC mean (paper)"] = _paper(paper, task, model, "auc")
-        row["AUC sd (paper)"] = _paper(paper, task, model, "auc_sd")
+        row["AUC mean (paper)"] = paper_value(paper, task, model, "auc")
+        row["AUC sd (paper)"] = paper_value(paper, task, model, "auc_sd")
         row["n test"] = int(m["n"])
         rows.append(row)
     return pd.DataFrame(rows)

@@ -230,7 +230,8 @@ def write_predictions(predictions: pd.DataFrame, out_dir: str | Path) -> list[Pa
 
 def main(argv: list[str] | None = None) -> int:
     """``covidmtl classical-train``: RF and LightGBM per task; predictions, importance, Tables 3-4."""
-    from covidmtl.classical.metrics import load_paper_values, read_predictions, write_tables
+    from covidmtl.classical.metrics import read_predictions, write_tables
+    from covidmtl.tables import read_paper_values
 
     ap = argparse.ArgumentParser(prog="covidmtl classical-train", description=main.__doc__)
     ap.add_argument("--features", required=True, help="features table (features-merge output, .parquet/.csv)")
@@ -250,14 +251,15 @@ def main(argv: list[str] | None = None) -> int:
     pred_paths = write_predictions(predictions, out_dir)
     importance.to_csv(out_dir / "importance.csv", index=False)
     qc.to_csv(out_dir / "qc.csv", index=False)
-    write_tables(read_predictions(pred_paths), out_dir, load_paper_values(args.paper_values), params["threshold"])
+    write_tables(read_predictions(pred_paths), out_dir, read_paper_values(args.paper_values), params["threshold"])
     log.info("classical models: %d prediction file(s), tables in %s", len(pred_paths), out_dir)
     return 0
 
 
 def tables_main(argv: list[str] | None = None) -> int:
     """``covidmtl classical-tables``: Tables 3-4 (+ metrics.csv) from any prediction files."""
-    from covidmtl.classical.metrics import load_paper_values, read_predictions, write_tables
+    from covidmtl.classical.metrics import read_predictions, write_tables
+    from covidmtl.tables import read_paper_values
 
     ap = argparse.ArgumentParser(prog="covidmtl classical-tables", description=tables_main.__doc__)
     ap.add_argument("--predictions", nargs="+", required=True, help="prediction CSVs (classical and deep models)")
@@ -266,6 +268,6 @@ def tables_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threshold", type=float, default=DEFAULT_PARAMS["threshold"],
                     help="binary decision threshold on prob_1 (classical.threshold)")
     args = ap.parse_args(argv)
-    write_tables(read_predictions(args.predictions), args.out_dir, load_paper_values(args.paper_values),
+    write_tables(read_predictions(args.predictions), args.out_dir, read_paper_values(args.paper_values),
                  args.threshold)
     return 0

@@ -30,21 +30,22 @@ import pandas as pd
 from covidmtl.classical.metrics import metrics_from_predictions, read_predictions, table3, table4
 from covidmtl.deep import figures
 from covidmtl.deep.variants import VARIANTS
+from covidmtl import tables
 from covidmtl.tables import write_table
 
 log = logging.getLogger(__name__)
 
 # The paper's own numbers live in one file, config/paper_values.csv, with their source.
 PAPER_VALUES_CSV = Path(__file__).resolve().parents[3] / "config" / "paper_values.csv"
-PAPER_COLUMNS = ["task", "model", "metric", "value"]
 
 
 def read_paper_values(path: Path | None = None) -> pd.DataFrame:
+    """``path`` (default config/paper_values.csv) read by :func:`covidmtl.tables.read_paper_values`."""
     path = Path(path) if path else PAPER_VALUES_CSV
     if not path.is_file():
         log.warning("no paper values at %s: the paper columns stay empty", path)
-        return pd.DataFrame(columns=PAPER_COLUMNS)
-    return pd.read_csv(path)[PAPER_COLUMNS]
+        return tables.read_paper_values(None)
+    return tables.read_paper_values(path)[tables.PAPER_COLUMNS]
 
 
 ARCH_LABELS = {"resnet3d": "ResNet3D-34", "squeezenet3d": "SqueezeNet3D", "shiftnet3d": "ShiftNet3D"}

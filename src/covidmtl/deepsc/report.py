@@ -49,7 +49,8 @@ import pandas as pd
 from covidmtl.deepsc import figures
 from covidmtl.deepsc.metrics import roc_curves
 from covidmtl.deepsc.variants import VARIANTS
-from covidmtl.tables import write_table
+from covidmtl import tables
+from covidmtl.tables import PAPER_COLUMNS, write_table
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,6 @@ TABLE3_RUNS = [("lambda_ta_0", "w/o task-aware loss (lambda_ta = 0)"), ("single_
                ("multi_scale_ta", "multi-scale task-aware loss")]
 # task of config/paper_values.csv -> the variants (models) of that table
 PAPER_TASKS = {"deepsc_table2": TABLE2_RUNS, "deepsc_table3": [v for v, _ in TABLE3_RUNS]}
-PAPER_COLUMNS = ["task", "model", "metric", "value"]
 BUILT_IN_PAPER_VALUES = pd.DataFrame([("deepsc_table2", "deepsc", "inference_seconds", 2.2)], columns=PAPER_COLUMNS)
 SEG_RUNS = ["deepsc", "seg_only", "no_inception", "no_cross_stitch", "unet3d_seg"]
 
@@ -122,10 +122,7 @@ def read_paper_values(path: Path | None) -> pd.DataFrame:
     built-in ones; checks them against the tables (see the module docstring)."""
     if path is None:
         return BUILT_IN_PAPER_VALUES.copy()
-    table = pd.read_csv(path, dtype={"task": str, "model": str, "metric": str})
-    missing = set(PAPER_COLUMNS) - set(table.columns)
-    if missing:
-        raise ValueError(f"{path}: paper-values file lacks columns {sorted(missing)}")
+    table = tables.read_paper_values(path)
     table = table[table["task"].astype(str).str.startswith("deepsc")][PAPER_COLUMNS]
     try:
         table["value"] = pd.to_numeric(table["value"], errors="raise")

@@ -61,7 +61,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from covidmtl.tables import write_table
+from covidmtl.tables import paper_value, read_paper_values, write_table
 from covidmtl.twod import figures
 from covidmtl.twod.data import CLASS_NAMES
 from covidmtl.twod.variants import VARIANTS
@@ -69,7 +69,6 @@ from covidmtl.twod.variants import VARIANTS
 log = logging.getLogger(__name__)
 
 CLASS_LABELS = {"binary": "binary", "3class": "3-class", None: "-"}
-PAPER_COLUMNS = ["task", "model", "metric", "value"]
 # paper-values task of each 2D table (module docstring)
 PAPER_TASKS = {"amyar_table2": "amyar_seg", "amyar_table3": {"binary": "amyar_binary", "3class": "amyar_3class"},
                "mga_table3": "mga_seg", "mga_table4": "mga_cls", "mga_table5": "mga_stage"}
@@ -119,22 +118,11 @@ def full_runs(runs: list[dict]) -> dict[str, dict]:
 
 
 def load_paper_values(path: Path | None) -> pd.DataFrame:
-    """Rows of the paper-values CSV (task, model, metric, value[, source]); empty without a file."""
-    if path is None:
-        return pd.DataFrame(columns=PAPER_COLUMNS)
-    df = pd.read_csv(path, dtype={"task": str, "model": str, "metric": str})
-    missing = set(PAPER_COLUMNS) - set(df.columns)
-    if missing:
-        raise ValueError(f"{path}: paper-values file lacks columns {sorted(missing)} (expected task, model, "
-                         f"metric, value[, source])")
-    # an empty or non-numeric value is an empty cell, never 'nan' text
+    """Rows of the paper-values CSV (:func:`covidmtl.tables.read_paper_values`); an empty or
+    non-numeric value is an empty cell, never 'nan' text."""
+    df = read_paper_values(path)
     df["value"] = pd.to_numeric(df["value"], errors="coerce")
     return df
-
-
-def _paper(paper: pd.DataFrame, task: str, model: str, metric: str) -> float:
-    hit = paper[(paper["task"] == task) & (paper["model"] == model) & (paper["metric"] == metric)]
-    return float(hit["value"].iloc[0]) if len(hit) else float("nan")
 
 
 def _num(d: dict | None, key: str) -> float:
@@ -181,7 +169,7 @@ def segmentation_table(runs: dict[str, dict], order: Sequence[str], paper: pd.Da
         for metric in metrics:
             name = "IoU" if metric == "iou" else metric.capitalize()
             row[name] = round(_num(s, metric), digits)
-            row[f"{name} (paper)"] = _paper(paper, task, v, metric)
+            row[f"{name} (paper)"] = paper_value(paper, task, v, metric)
         row["Dice (pooled)"] = round(_num(s, "dice_pooled"), digits)
         row["Lesion slices"] = s.get("n_lesion_slices")
         rows.append(row)
@@ -201,7 +189,7 @@ def amyar_classification_table(runs: dict[str, dict], paper: pd.DataFrame, digit
             for metric in ("accuracy", "sensitivity", "specificity", "auc"):
                 name = "AUC" if metric == "auc" else metric.capitalize()
                 row[name] = round(_num(c, metric), digits)
-                row[f"{name} (paper)"] = _paper(paper, PAPER_TASKS["amyar_table3"][task], v, metric)
+                row[f"{name} (paper)"] = paper_value(paper, PAPER_TASKS["amyar_table3"][task], v, metric)
             row["AUC (per patient)"] = round(_num(m.get("classification_patient"), "auc"), digits)
             row["Test slices"] = c.get("n")
             rows.append(row)
@@ -256,10 +244,10 @@ def classifier_table(runs: dict[str, dict], order: Sequence[str], paper: pd.Data
         for metric in CLS_METRICS:
             name = {"f1": "F1", "auc": "AUC"}.get(metric, metric.capitalize())
             row[name] = round(_num(c, metric), digits)
-            row[f"{name} (paper)"] = _paper(paper, task, v, metric)
+            row[f"{name} (paper)"] = paper_value(paper, task, v, metric)
         spb = m.get("sec_per_batch")
         row["Time per mini-batch (s)"] = round(spb, 4) if spb is not None else float("nan")
-        row["Time per mini-batch (paper)"] = _paper(paper, task, v, "sec_per_batch")
+        row["Time per mini-batch (paper)"] = paper_value(paper, task, v, "sec_per_batch")
         row["Time vs ResNet18"] = round(spb / base, 2) if spb and base else float("nan")
         row["Batch"] = m.get("batch_size")
         row["Test slices"] = c.get("n")
